@@ -1,0 +1,37 @@
+# vlsafe: `make demo` and `make test` work on a fresh clone (they run `make setup` first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# On this project's machines torch and torchvision come from local disk; override for other platforms.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO := outputs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/python -m vlsafe.fixtures --out $(DEMO)/fixtures
+	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
+		recipes/sft_vlguard.py --config recipes/configs/tiny/sft_vlguard.yaml
+	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,40 @@
+"""TRL's vision dataset format: `images` + conversational `messages`, plus vlsafe's provenance columns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset, Features, Image, List, Value
+
+# Content parts are stored as one struct type, so image parts carry text=None.
+MESSAGES_FEATURE = List(
+    {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
+)
+# Kept next to the training columns so evaluation and reports can group by them.
+PROVENANCE_FEATURES = {
+    "source": Value("string"),
+    "id": Value("string"),
+    "kind": Value("string"),
+    "safe": Value("bool"),
+    "category": Value("string"),
+    "subcategory": Value("string"),
+}
+
+
+def user_turn(text: str, images: int = 1) -> dict[str, Any]:
+    """A user message: `images` image parts first, then the text."""
+    return {
+        "role": "user",
+        "content": [{"type": "image", "text": None}] * images + [{"type": "text", "text": text}],
+    }
+
+
+def assistant_turn(text: str) -> dict[str, Any]:
+    """An assistant message with one text part."""
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def vision_dataset(rows: list[dict[str, Any]], extra: dict[str, Value] | None = None) -> Dataset:
+    """Build the dataset with image columns decoded lazily from their paths."""
+    features = {"images": List(Image()), "messages": MESSAGES_FEATURE, **PROVENANCE_FEATURES, **(extra or {})}
+    return Dataset.from_list(rows, features=Features(features))

@@ -1,0 +1,46 @@
+"""Checks that the images a dataset points at exist and decode, before any training starts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from vlsafe.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def is_readable_image(path: Path) -> bool:
+    """True when `path` exists and PIL recognises it as an image (reads the header only)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def unreadable_images(paths: Sequence[Path]) -> set[Path]:
+    """The subset of `paths` that are missing or not decodable images (each path checked once)."""
+    return {path for path in set(paths) if not is_readable_image(path)}
+
+
+def require_images(paths: Sequence[Path], *, dataset: str, skip_missing: bool) -> set[Path]:
+    """Raise a clear error naming the first bad paths, or (``skip_missing``) return them to be skipped."""
+    bad = unreadable_images(paths)
+    if not bad:
+        return bad
+    first = ", ".join(str(path) for path in sorted(bad)[:3])
+    if not skip_missing:
+        raise DataError(
+            f"{len(bad)} of {len(set(paths))} images of {dataset} are missing or unreadable (first: {first}). "
+            "Check that the image archive was downloaded and extracted completely, or pass "
+            "skip_missing_images=True to leave those samples out (the count is reported)."
+        )
+    logger.warning(
+        "Skipping samples of %d missing or unreadable images of %s (first: %s)", len(bad), dataset, first
+    )
+    return bad

@@ -1,0 +1,156 @@
+"""Ordinary instruction data in LLaVA/ShareGPT form, for mixing helpfulness into safety fine-tuning.
+
+A record is ``{"id", "image" (a path or a list of paths, optional), "conversations": [{"from", "value"}]}``
+with ``from`` in human/user, gpt/assistant, system and one ``<image>`` placeholder per image in the human
+turns, as in LLaVA's instruction mix (``llava_v1_5_mix665k.json``). Image paths are relative to an image
+root folder (LLaVA's ``--image_folder``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from vlsafe.data.archives import extract_zip
+from vlsafe.data.formats import vision_dataset
+from vlsafe.data.images import require_images
+from vlsafe.data.sources import hub_file, is_local
+from vlsafe.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def load_sharegpt(
+    source: str | Path,
+    *,
+    data_file: str | None = None,
+    image_root: str | Path | None = None,
+    image_archive: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    skip_missing_images: bool = False,
+    name: str = "sharegpt",
+) -> Dataset:
+    """Load LLaVA/ShareGPT conversations as a TRL vision dataset with provenance (kind ``helpful``).
+
+    `source` is a local json file, a local folder (with `data_file` in it), or a Hub dataset id (with
+    `data_file` the json's name in the repo). Images are looked up under `image_root` (default: the
+    json's folder), or under the extraction of `image_archive` (a zip in the same folder or Hub repo).
+    """
+    json_path, default_root = _locate_json(source, data_file, revision=revision, token=token)
+    if image_archive is not None:
+        archive = (
+            Path(source) / image_archive
+            if is_local(source)
+            else hub_file(str(source), image_archive, revision=revision, token=token)
+        )
+        if not Path(archive).is_file():
+            raise DataError(f"Image archive {archive} does not exist; check `image_archive`.")
+        root = extract_zip(archive)
+    elif image_root is not None:
+        root = Path(image_root).expanduser()
+    elif default_root is not None:
+        root = default_root
+    else:
+        raise DataError(
+            f"{source} is a Hub dataset: pass image_root=<local folder with its images> or image_archive=<zip in the repo>."
+        )
+    try:
+        records = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{json_path} is not valid JSON ({error}).") from None
+    if not isinstance(records, list):
+        raise DataError(
+            f"{json_path} must hold a JSON list of conversations, found {type(records).__name__}."
+        )
+
+    rows = [_to_row(record, index, root, json_path.name, name) for index, record in enumerate(records)]
+    bad = require_images(
+        [Path(p) for row in rows for p in row["images"]],
+        dataset=f"{name} ({json_path})",
+        skip_missing=skip_missing_images,
+    )
+    if bad:
+        before = len(rows)
+        rows = [row for row in rows if not any(Path(p) in bad for p in row["images"])]
+        logger.warning(
+            "%s: skipped %d of %d conversations with an unusable image", name, before - len(rows), before
+        )
+    logger.info("%s: %d conversations from %s", name, len(rows), json_path)
+    return vision_dataset(rows)
+
+
+def _locate_json(source: str | Path, data_file: str | None, *, revision, token) -> tuple[Path, Path | None]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path, path.parent
+    if is_local(path):
+        if data_file is None or not (path / data_file).is_file():
+            raise DataError(f"Pass data_file=<json name> that exists in folder {path} (got {data_file!r}).")
+        return path / data_file, path
+    if data_file is None:
+        raise DataError(
+            f"{source} is neither a local file nor folder; for a Hub dataset pass data_file=<json name in the repo>."
+        )
+    return hub_file(str(source), data_file, revision=revision, token=token), None
+
+
+def _to_row(record: Any, index: int, root: Path, where: str, name: str) -> dict[str, Any]:
+    """Convert one conversation, checking that `<image>` placeholders and images agree."""
+    record_id = str(record.get("id", index)) if isinstance(record, dict) else str(index)
+
+    def fail(problem: str) -> DataError:
+        return DataError(
+            f"Malformed conversation {record_id!r} (#{index}) in {where}: {problem}. Fix or remove it."
+        )
+
+    if not isinstance(record, dict):
+        raise fail(f"expected an object, found {record!r:.80}")
+    images = record.get("image", [])
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        raise fail(f"field 'image' must be a path or a list of paths, found {record.get('image')!r:.80}")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise fail("field 'conversations' must be a non-empty list")
+    messages, placeholders = [], 0
+    for turn in turns:
+        if (
+            not isinstance(turn, dict)
+            or turn.get("from") not in ROLES
+            or not isinstance(turn.get("value"), str)
+        ):
+            raise fail(f"each turn needs 'from' in {sorted(ROLES)} and a string 'value', found {turn!r:.80}")
+        role = ROLES[turn["from"]]
+        pieces = turn["value"].split(IMAGE_PLACEHOLDER)
+        if role != "user" and len(pieces) > 1:
+            raise fail(f"an {IMAGE_PLACEHOLDER} placeholder outside a human turn")
+        placeholders += len(pieces) - 1
+        content = []
+        for position, piece in enumerate(pieces):
+            if position:
+                content.append({"type": "image", "text": None})
+            if piece.strip():
+                content.append({"type": "text", "text": piece.strip()})
+        messages.append({"role": role, "content": content})
+    if placeholders != len(images):
+        raise fail(f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise fail("no gpt/assistant turn to learn from")
+    return {
+        "images": [str(root / path) for path in images],
+        "messages": messages,
+        "source": name,
+        "id": record_id,
+        "kind": "helpful",
+        "safe": True,
+        "category": None,
+        "subcategory": None,
+    }

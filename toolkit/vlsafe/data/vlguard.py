@@ -1,0 +1,187 @@
+"""VLGuard (Zong et al., ICML 2024) as TRL-ready vision datasets.
+
+Hub layout of ``ys-zong/VLGuard``: ``train.json``, ``test.json``, ``train.zip``, ``test.zip``. Each record
+is one image with ``id``, ``image`` (path relative to the split's image folder), ``safe`` and
+``instr-resp``:
+
+- unsafe image: ``[{instruction, response}]`` plus ``harmful_category`` / ``harmful_subcategory``;
+- safe image: ``[{safe_instruction, response}, {unsafe_instruction, response}]``.
+
+Every instruction-response pair becomes one sample, whose ``kind`` is ``unsafe`` (harmful image),
+``safe_safe`` (safe image, safe instruction) or ``safe_unsafe`` (safe image, harmful instruction).
+The test subsets ``unsafes``, ``safe_safes`` and ``safe_unsafes`` are those kinds of the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, Value
+
+from vlsafe.data.archives import extract_zip
+from vlsafe.data.formats import PROVENANCE_FEATURES, assistant_turn, user_turn, vision_dataset
+from vlsafe.data.images import require_images
+from vlsafe.data.sources import hub_file, is_local
+from vlsafe.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+VLGUARD_REPO = "ys-zong/VLGuard"
+SUBSET_KINDS = {"unsafes": "unsafe", "safe_unsafes": "safe_unsafe", "safe_safes": "safe_safe"}
+# Which instruction key of an instr-resp entry yields which kind of sample.
+INSTRUCTION_KINDS = {
+    "instruction": "unsafe",
+    "safe_instruction": "safe_safe",
+    "unsafe_instruction": "safe_unsafe",
+}
+
+
+def load_vlguard(
+    source: str | Path = VLGUARD_REPO,
+    split: str = "train",
+    subset: str | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    skip_missing_images: bool = False,
+) -> Dataset:
+    """Load a VLGuard split as a `datasets.Dataset` in TRL's vision format plus provenance columns.
+
+    `source` is a Hub dataset id or a local folder holding ``{split}.json`` next to ``{split}.zip`` or to
+    the extracted images in ``{split}/``. The train split gives conversations (user + assistant); the test
+    split gives prompts (user turn only) with the reference answer in ``response``. `subset` (``unsafes``,
+    ``safe_unsafes``, ``safe_safes``) keeps one kind of sample.
+    """
+    if split not in ("train", "test"):
+        raise DataError(f"VLGuard has splits 'train' and 'test', not {split!r}.")
+    if subset is not None and subset not in SUBSET_KINDS:
+        raise DataError(f"Unknown VLGuard subset {subset!r}; choose one of {sorted(SUBSET_KINDS)} or None.")
+    records_path, image_root = _locate(source, split, revision=revision, token=token)
+    records = _read_records(records_path)
+    samples = [sample for record in records for sample in _record_samples(record, records_path.name)]
+    if subset is not None:
+        samples = [sample for sample in samples if sample["kind"] == SUBSET_KINDS[subset]]
+
+    for sample in samples:
+        sample["image_path"] = image_root / sample["image_path"]
+    bad = require_images(
+        [sample["image_path"] for sample in samples],
+        dataset=f"VLGuard {split} ({source})",
+        skip_missing=skip_missing_images,
+    )
+    if bad:
+        before = len(samples)
+        samples = [sample for sample in samples if sample["image_path"] not in bad]
+        logger.warning(
+            "VLGuard %s: skipped %d of %d samples whose image is unusable",
+            split,
+            before - len(samples),
+            before,
+        )
+    logger.info("VLGuard %s%s: %d samples", split, f"/{subset}" if subset else "", len(samples))
+    return _to_dataset(samples, conversation=split == "train")
+
+
+def _locate(
+    source: str | Path, split: str, *, revision: str | None, token: str | bool | None
+) -> tuple[Path, Path]:
+    """Return (records json, folder the record image paths are relative to)."""
+    if is_local(source):
+        folder = Path(source).expanduser()
+        records_path = folder / f"{split}.json"
+        if not records_path.is_file():
+            raise DataError(
+                f"{folder} has no {split}.json; a VLGuard folder holds train/test .json and .zip files."
+            )
+        if (folder / split).is_dir():
+            return records_path, folder / split
+        archive = folder / f"{split}.zip"
+        if not archive.is_file():
+            raise DataError(
+                f"{folder} has {split}.json but neither the extracted images in {split}/ nor {split}.zip; "
+                f"download {split}.zip from https://huggingface.co/datasets/{VLGUARD_REPO} next to it."
+            )
+    else:
+        records_path = hub_file(str(source), f"{split}.json", revision=revision, token=token)
+        archive = hub_file(str(source), f"{split}.zip", revision=revision, token=token)
+    extracted = extract_zip(archive)
+    # The archive holds the images either under <split>/ or at its root.
+    return records_path, extracted / split if (extracted / split).is_dir() else extracted
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} is not valid JSON ({error}); download it again.") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path} must hold a JSON list of records, found {type(records).__name__}.")
+    return records
+
+
+def _field(record: dict, name: str, kind: type, where: str) -> Any:
+    value = record.get(name)
+    if not isinstance(value, kind) or (kind is str and not value.strip()):
+        raise DataError(
+            f"Malformed VLGuard record {record.get('id', '<no id>')!r} in {where}: field {name!r} must be a "
+            f"non-empty {kind.__name__}, found {value!r:.80}. Fix or remove the record."
+        )
+    return value
+
+
+def _record_samples(record: Any, where: str) -> list[dict[str, Any]]:
+    """One sample per instruction-response pair of a record, validated field by field."""
+    if not isinstance(record, dict):
+        raise DataError(f"Malformed VLGuard record in {where}: expected an object, found {record!r:.80}.")
+    record_id = record.get("id")
+    if not isinstance(record_id, str | int) or isinstance(record_id, bool) or str(record_id) == "":
+        raise DataError(
+            f"Malformed VLGuard record in {where}: field 'id' missing or invalid in {record!r:.120}."
+        )
+    image = _field(record, "image", str, where)
+    safe = _field(record, "safe", bool, where)
+    category = subcategory = None
+    if not safe:
+        category = _field(record, "harmful_category", str, where)
+        subcategory = record.get("harmful_subcategory")
+    pairs = _field(record, "instr-resp", list, where)
+    allowed = ("safe_instruction", "unsafe_instruction") if safe else ("instruction",)
+    samples = []
+    for pair in pairs:
+        keys = [key for key in allowed if isinstance(pair, dict) and key in pair]
+        if len(keys) != 1:
+            raise DataError(
+                f"Malformed VLGuard record {record_id!r} in {where}: each 'instr-resp' entry of a "
+                f"{'safe' if safe else 'unsafe'} image needs exactly one of {allowed} plus 'response', found {pair!r:.120}."
+            )
+        samples.append(
+            {
+                "source": "vlguard",
+                "id": str(record_id),
+                "kind": INSTRUCTION_KINDS[keys[0]],
+                "safe": safe,
+                "category": category,
+                "subcategory": subcategory,
+                "image_path": image,
+                "instruction": _field(pair, keys[0], str, f"{where} (record {record_id!r})"),
+                "response": _field(pair, "response", str, f"{where} (record {record_id!r})"),
+            }
+        )
+    return samples
+
+
+def _to_dataset(samples: list[dict[str, Any]], *, conversation: bool) -> Dataset:
+    rows = []
+    for sample in samples:
+        messages = [user_turn(sample["instruction"])]
+        if conversation:
+            messages.append(assistant_turn(sample["response"]))
+        row = {"images": [str(sample["image_path"])], "messages": messages}
+        row |= {name: sample[name] for name in PROVENANCE_FEATURES}
+        if not conversation:
+            row["response"] = sample["response"]
+        rows.append(row)
+    return vision_dataset(rows, extra=None if conversation else {"response": Value("string")})

@@ -1,0 +1,169 @@
+"""Load a VLM and its processor for safety fine-tuning; LoRA targets and training chat templates per family.
+
+The VLGuard recipe adapts only the language model: the vision tower and the projector stay untouched, so
+LoRA targets are the attention and MLP projections of the language model's layers, per family.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+from peft import LoraConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+from vlsafe.errors import VlsafeError
+
+logger = logging.getLogger(__name__)
+
+LM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What vlsafe needs to know about one VLM architecture."""
+
+    name: str
+    language_model: str  # name of the language-model submodule (its layers are LoRA's targets)
+    training_template: str | None = None  # vlsafe's template with {% generation %} markers, if TRL has none
+
+
+FAMILIES = {
+    "llava": Family("llava", "language_model", training_template="llava_training.jinja"),
+    "qwen2_5_vl": Family("qwen2_5_vl", "language_model"),
+    "qwen2_vl": Family("qwen2_vl", "language_model"),
+    "idefics3": Family("idefics3", "text_model"),
+    "smolvlm": Family("smolvlm", "text_model"),
+}
+
+
+def family_of(model_type: str) -> Family:
+    """The Family of a transformers `model_type`, or a clear error listing the supported ones."""
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise VlsafeError(
+            f"Model type {model_type!r} is not a supported VLM family; vlsafe supports {sorted(FAMILIES)}. "
+            "Pick a model of one of these families, or add a Family entry in vlsafe.modeling."
+        ) from None
+
+
+def lora_target_modules(family: Family) -> str:
+    """A PEFT regex for the linear layers of the language model only (never the vision tower or projector)."""
+    return rf".*\.{family.language_model}\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(LM_LINEAR_LAYERS)})"
+
+
+def lora_config(
+    family: Family,
+    *,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: str | list[str] | None = None,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+) -> LoraConfig:
+    """LoRA on the language model of `family`; explicit `target_modules` override the family default."""
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or lora_target_modules(family),
+        bias="none",
+        use_rslora=use_rslora,
+        use_dora=use_dora,
+    )
+
+
+def load_processor(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    trust_remote_code: bool = False,
+) -> ProcessorMixin:
+    """The model's processor; Qwen-style `max_pixels`/`min_pixels` cap image tokens (and memory)."""
+    kwargs = {
+        key: value
+        for key, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels))
+        if value is not None
+    }
+    return AutoProcessor.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: str | None = None,
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load the VLM with the Auto class; 4-bit loading (QLoRA) needs the `quant` extra (bitsandbytes)."""
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    family_of(config.model_type)  # fail early, before downloading weights, on an unsupported family
+    kwargs = {}
+    if load_in_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise VlsafeError(
+                "load_in_4bit needs bitsandbytes: install vlsafe with the `quant` extra (pip install 'vlsafe[quant]')."
+            )
+        compute = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else torch.bfloat16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        )
+    return AutoModelForImageTextToText.from_pretrained(
+        name_or_path,
+        revision=revision,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        **kwargs,
+    )
+
+
+def prepare_training_template(processor: ProcessorMixin, family: Family) -> None:
+    """Make the processor's chat template mark assistant tokens with {% generation %} for assistant-only loss.
+
+    TRL swaps in a training template for the families it knows (Qwen2.5-VL, SmolVLM); for the others
+    (LLaVA-1.5, whose shipped template also leaves out the end-of-turn token, so the model never learns to
+    stop) vlsafe sets its own. The template renders the same text as the original, so it is saved with
+    the adapter and inference prompts do not change.
+    """
+    template = processor.chat_template
+    if has_generation_markers(template):
+        return
+    if family.training_template is not None:
+        processor.chat_template = (
+            resources.files("vlsafe").joinpath("templates", family.training_template).read_text()
+        )
+        logger.info("Using vlsafe's %s training chat template (assistant-only loss)", family.name)
+        return
+    try:
+        get_training_chat_template(processor)
+    except ValueError:
+        raise VlsafeError(
+            f"The chat template of this {family.name} model has no {{% generation %}} markers and TRL cannot patch it, "
+            "so assistant-only loss cannot mask the prompt. Use the model's original chat template, or pass a "
+            "template with generation markers via `chat_template_path`."
+        ) from None
