@@ -17,6 +17,7 @@ from pathlib import Path
 
 from peft import PeftModel
 from trl import TrlParser
+
 from vlsafe.data.vlguard import SUBSET_KINDS, VLGUARD_REPO, load_vlguard
 from vlsafe.evaluation.refusal import format_table, refusal_rates
 from vlsafe.modeling import load_model, load_processor

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, TrlParser
+
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
-from vlsafe.modeling import family_of, load_model, load_processor, lora_config, prepare_training_template
-
-logger = logging.getLogger("vlsafe.recipes.sft_vlguard")
+from vlsafe.training import build_sft_trainer, train_and_save
 
 
 @dataclass
@@ -78,45 +77,8 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
         )
     train_dataset = mix_with_helpfulness(safety, helpful, data_args.helpful_samples, seed=training_args.seed)
 
-    model = load_model(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-        load_in_4bit=model_args.load_in_4bit,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    processor = load_processor(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        max_pixels=data_args.max_pixels,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    family = family_of(model.config.model_type)
-    if training_args.assistant_only_loss:
-        prepare_training_template(processor, family)
-    peft_config = lora_config(
-        family,
-        r=model_args.lora_r,
-        alpha=model_args.lora_alpha,
-        dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules,
-        use_rslora=model_args.use_rslora,
-        use_dora=model_args.use_dora,
-    )
-
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        peft_config=peft_config,
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-        logger.info("Saved adapter and processor to %s", training_args.output_dir)
+    trainer = build_sft_trainer(train_dataset, training_args, model_args, max_pixels=data_args.max_pixels)
+    train_and_save(trainer)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny VLMs and synthetic datasets built once per session, an isolated vlsafe cache,
+and the loopback Hub server (tests/hub_server.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.hub_server import hub_server  # noqa: F401  (pytest fixture)
+from vlsafe.fixtures import FAMILIES, build_tiny_vlm, write_synthetic_sharegpt, write_synthetic_vlguard
+
+SHARED_VLGUARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard" / "train.json"
+
+
+@pytest.fixture(autouse=True)
+def isolated_vlsafe_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Extracted archives go to a per-session temporary cache, never the user's ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "vlsafe-cache"
+    monkeypatch.setenv("VLSAFE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random-weight VLM per supported family, saved like a Hub checkpoint."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build_tiny_vlm(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def synthetic_vlguard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset folder in VLGuard's Hub layout (json + zip per split)."""
+    from vlsafe.fixtures.data import SyntheticSplit
+
+    return write_synthetic_vlguard(
+        tmp_path_factory.mktemp("vlguard"),
+        train=SyntheticSplit(safe_images=12, unsafe_images=12),
+        test=SyntheticSplit(safe_images=6, unsafe_images=6),
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_helpful(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic LLaVA/ShareGPT helpfulness data; returns the json path."""
+    return write_synthetic_sharegpt(tmp_path_factory.mktemp("helpful"), samples=20)
+
+
+@pytest.fixture(scope="session")
+def real_vlguard_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real VLGuard train.json (../shared) with an 8x8 placeholder image at every path it names."""
+    if not SHARED_VLGUARD.is_file():
+        pytest.skip(
+            f"real VLGuard metadata not found at {SHARED_VLGUARD} (only in the project's shared/ folder)"
+        )
+    root = tmp_path_factory.mktemp("real-vlguard")
+    shutil.copy(SHARED_VLGUARD, root / "train.json")
+    placeholder = Image.new("RGB", (8, 8), (128, 128, 128))
+    for record in json.loads(SHARED_VLGUARD.read_text()):
+        path = root / "train" / record["image"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        placeholder.save(path)
+    return root

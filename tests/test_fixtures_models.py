@@ -1,0 +1,225 @@
+"""Tests for the tiny random-weight VLM fixtures: they must load, chat, see images and generate like the real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl.chat_template_utils import get_training_chat_template
+
+from vlsafe.fixtures.data import tokenizer_corpus
+from vlsafe.fixtures.models import FAMILIES, _build_tiny_vlm, build_tiny_vlm
+
+# Real class names per family: processor, image processor, model.
+CLASSES = {
+    "llava": ("LlavaProcessor", "CLIPImageProcessor", "LlavaForConditionalGeneration"),
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2_5_VLForConditionalGeneration"),
+    "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "Idefics3ForConditionalGeneration"),
+}
+# End-of-turn token (= eos) and the family's other special tokens, under their real names.
+END_OF_TURN = {"llava": "</s>", "qwen2_5_vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}
+SPECIAL_TOKENS = {
+    "llava": ("<s>", "</s>", "<unk>", "<pad>", "<image>"),
+    "qwen2_5_vl": (
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ),
+    "idefics3": (
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<image>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        "<row_1_col_1>",
+        "<row_6_col_6>",
+    ),
+}
+# What the chat template writes for one image, and how many image tokens the processor expands it to.
+PLACEHOLDER = {
+    "llava": "<image>\n",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "idefics3": "<image>",
+}
+IMAGE_TOKENS_64PX = {"llava": 16, "qwen2_5_vl": 9, "idefics3": 16}
+TRL_TEMPLATES = ("qwen2_5_vl", "idefics3")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each family built once (seed 0) for the whole module."""
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {family: build_tiny_vlm(family, root / family, seed=0) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def loaded(built: dict[str, Path]) -> dict[str, tuple]:
+    """Each family reloaded through the Auto classes only, as downstream code does."""
+    return {
+        family: (AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path))
+        for family, path in built.items()
+    }
+
+
+def _image_prompt(image: Image.Image, text: str = "What color is the circle?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+
+def _inputs(processor, image: Image.Image) -> dict[str, torch.Tensor]:
+    return processor.apply_chat_template(
+        _image_prompt(image),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return Image.new("RGB", (64, 64), (200, 40, 40))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reloads_with_real_classes_and_is_tiny(family: str, built: dict[str, Path], loaded: dict) -> None:
+    model, processor = loaded[family]
+    assert (
+        type(processor).__name__,
+        type(processor.image_processor).__name__,
+        type(model).__name__,
+    ) == CLASSES[family]
+    assert (built[family] / "model.safetensors").stat().st_size < 10_000_000
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_special_tokens_and_eos(family: str, loaded: dict) -> None:
+    model, processor = loaded[family]
+    tokenizer = processor.tokenizer
+    for token in SPECIAL_TOKENS[family]:
+        assert tokenizer.encode(token, add_special_tokens=False) == [
+            tokenizer.convert_tokens_to_ids(token)
+        ], token
+    eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
+    assert tokenizer.eos_token == END_OF_TURN[family]
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos_id
+    assert model.generation_config.eos_token_id == eos_id
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    assert model.config.text_config.vocab_size == len(tokenizer)
+
+    # The template closes an assistant turn with the end-of-turn token, right after the answer.
+    chat = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello there."}]},
+    ]
+    ids = processor.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"][0]
+    end = max(i for i, token_id in enumerate(ids) if token_id == eos_id)
+    assert processor.tokenizer.decode(ids[:end]).endswith("Hello there.")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokenizer_is_trained_on_the_corpus(family: str, loaded: dict) -> None:
+    tokenizer = loaded[family][1].tokenizer
+    sentence = max(tokenizer_corpus(), key=len)
+    ids = tokenizer.encode(sentence, add_special_tokens=False)
+    assert len(ids) < len(sentence) / 3  # learned merges, not bytes
+    assert tokenizer.decode(ids) == sentence
+    assert 300 < len(tokenizer) < 5000
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_placeholder_is_expanded_to_the_model_image_tokens(
+    family: str, loaded: dict, image: Image.Image
+) -> None:
+    model, processor = loaded[family]
+    prompt = processor.apply_chat_template(_image_prompt(image), add_generation_prompt=True, tokenize=False)
+    assert prompt.count(PLACEHOLDER[family]) == 1
+
+    inputs = _inputs(processor, image)
+    n_image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert n_image_tokens == IMAGE_TOKENS_64PX[family]
+    with torch.no_grad():
+        logits = model(**inputs).logits  # the model checks its image features fill exactly these tokens
+    assert logits.shape == (1, inputs["input_ids"].shape[1], len(processor.tokenizer))
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_is_deterministic_and_stops_at_end_of_turn(
+    family: str, loaded: dict, image: Image.Image
+) -> None:
+    model, processor = loaded[family]
+    inputs = _inputs(processor, image)
+    prompt_len = inputs["input_ids"].shape[1]
+    first = model.generate(**inputs, max_new_tokens=5)
+    assert torch.equal(first, model.generate(**inputs, max_new_tokens=5))
+    assert torch.equal(first[:, :prompt_len], inputs["input_ids"])
+    assert 1 <= first.shape[1] - prompt_len <= 5
+    assert isinstance(processor.decode(first[0, prompt_len:], skip_special_tokens=True), str)
+
+    # Make the end-of-turn token overwhelmingly likely: generation must stop right after it.
+    eos_id = processor.tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
+    stopped = model.generate(**inputs, max_new_tokens=5, sequence_bias={(eos_id,): 1e4})
+    assert stopped[0, prompt_len:].tolist() == [eos_id]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_weights(family: str, built: dict[str, Path], tmp_path: Path) -> None:
+    reference = load_file(built[family] / "model.safetensors")
+    same = load_file(build_tiny_vlm(family, tmp_path / "same", seed=0) / "model.safetensors")
+    other = load_file(build_tiny_vlm(family, tmp_path / "other", seed=1) / "model.safetensors")
+    assert reference.keys() == same.keys() == other.keys()
+    assert all(torch.equal(reference[name], same[name]) for name in reference)
+    assert not all(torch.equal(reference[name], other[name]) for name in reference)
+    assert (built[family] / "tokenizer.json").read_bytes() == (
+        tmp_path / "same" / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_unknown_family_raises_naming_known_families(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as error:
+        build_tiny_vlm("gpt4v", tmp_path)
+    assert "gpt4v" in str(error.value)
+    assert all(family in str(error.value) for family in FAMILIES)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("family", TRL_TEMPLATES)
+def test_trl_recognizes_the_original_templates(family: str, loaded: dict) -> None:
+    processor = loaded[family][1]
+    training_template = get_training_chat_template(processor)
+    assert training_template is not None and "{% generation %}" in training_template
+
+
+def test_llava_template_has_llava_1_5_shape(loaded: dict) -> None:
+    processor = loaded["llava"][1]
+    chat = [
+        {"role": "system", "content": "Be safe."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "A circle."},
+        {"role": "user", "content": "Is it red?"},
+    ]
+    rendered = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert (
+        rendered
+        == "Be safe. USER: <image>\nWhat is this? ASSISTANT: A circle.</s>USER: Is it red? ASSISTANT:"
+    )
+    no_prompt = processor.apply_chat_template(chat[1:3], tokenize=False)
+    assert no_prompt == "USER: <image>\nWhat is this? ASSISTANT: A circle.</s>"
+    # The tokenizer adds <s> in front, as LLaVA's Llama tokenizer does.
+    ids = processor.apply_chat_template(chat[3:], add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert ids["input_ids"][0][0] == processor.tokenizer.bos_token_id
+
+
+def test_custom_corpus_trains_the_tokenizer(tmp_path: Path) -> None:
+    corpus = ["zebra quokka axolotl"] * 50
+    processor = AutoProcessor.from_pretrained(_build_tiny_vlm("idefics3", tmp_path, corpus=corpus))
+    assert processor.tokenizer.tokenize(" axolotl") == ["Ġaxolotl"]
