@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -127,3 +129,30 @@ def test_mixture_draws_seeded_helpfulness_and_keeps_every_safety_sample(
         DataError, match="Asked for 21 helpfulness samples but the helpfulness data has only 20"
     ):
         mix_with_helpfulness(safety, helpful, 21, seed=0)
+
+
+def test_hub_dataset_with_image_archive(synthetic_helpful: Path, tmp_path: Path, hub_server) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(synthetic_helpful, repo / "conversations.json")
+    with zipfile.ZipFile(repo / "images.zip", "w") as archive:
+        for image in (synthetic_helpful.parent / "shapes").iterdir():
+            archive.write(image, f"shapes/{image.name}")
+    hub_server.add_repo("someone/helpful", repo, repo_type="dataset")
+
+    from_hub = load_sharegpt("someone/helpful", data_file="conversations.json", image_archive="images.zip")
+    local = load_sharegpt(synthetic_helpful)
+    assert from_hub["messages"] == local["messages"]
+    assert [row["images"][0].tobytes() for row in from_hub] == [row["images"][0].tobytes() for row in local]
+    with pytest.raises(DataError, match="pass image_root=<local folder with its images> or image_archive"):
+        load_sharegpt("someone/helpful", data_file="conversations.json")
+
+
+def test_image_path_escaping_the_root_is_refused(tmp_path: Path) -> None:
+    record = {
+        "id": "x",
+        "image": "../secret.png",
+        "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "ok"}],
+    }
+    with pytest.raises(DataError, match=r"'x' \(#0\).*names image '../secret.png', which points outside"):
+        load_sharegpt(_write(tmp_path, [record]))

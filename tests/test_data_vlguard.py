@@ -235,3 +235,24 @@ def test_bad_arguments_and_layouts_are_explained(synthetic_vlguard: Path, tmp_pa
     (only_json / "train").mkdir()
     with pytest.raises(DataError, match="not valid JSON"):
         load_vlguard(only_json, "train")
+
+
+def test_image_path_outside_the_image_folder_is_refused(synthetic_vlguard: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "escape"
+    folder.mkdir()
+    shutil.copy(synthetic_vlguard / "train.zip", folder)
+    records = json.loads((synthetic_vlguard / "train.json").read_text())
+    records[2]["image"] = "../../../etc/passwd"
+    (folder / "train.json").write_text(json.dumps(records))
+    with pytest.raises(
+        DataError, match=r"Record 'synthetic_train_00002' names image '../../../etc/passwd'.*outside"
+    ):
+        load_vlguard(folder, "train")
+
+
+def test_hub_revision_is_honoured(synthetic_vlguard: Path, hub_server) -> None:
+    repo = hub_server.add_repo("ys-zong/VLGuard", synthetic_vlguard, repo_type="dataset")
+    assert len(load_vlguard(split="test", subset="unsafes", revision=repo.sha)) == 6
+    assert any(f"/resolve/{repo.sha}/" in path for _, path, _ in hub_server.requests)
+    with pytest.raises(DataError, match="Revision 'v9' does not exist in ys-zong/VLGuard"):
+        load_vlguard(split="test", revision="v9")

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl.chat_template_utils import get_training_chat_template
 
 from vlsafe.fixtures.data import tokenizer_corpus
-from vlsafe.fixtures.models import FAMILIES, _build_tiny_vlm, build_tiny_vlm
+from vlsafe.fixtures.models import FAMILIES, build_tiny_vlm
 
 # Real class names per family: processor, image processor, model.
 CLASSES = {
@@ -221,5 +221,5 @@ def test_llava_template_has_llava_1_5_shape(loaded: dict) -> None:
 
 def test_custom_corpus_trains_the_tokenizer(tmp_path: Path) -> None:
     corpus = ["zebra quokka axolotl"] * 50
-    processor = AutoProcessor.from_pretrained(_build_tiny_vlm("idefics3", tmp_path, corpus=corpus))
+    processor = AutoProcessor.from_pretrained(build_tiny_vlm("idefics3", tmp_path, corpus=corpus))
     assert processor.tokenizer.tokenize(" axolotl") == ["Ġaxolotl"]

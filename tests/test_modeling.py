@@ -70,3 +70,16 @@ def test_unpatchable_template_is_explained(tiny_models) -> None:
     processor.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}"
     with pytest.raises(VlsafeError, match="no \\{% generation %\\} markers and TRL cannot patch it"):
         prepare_training_template(processor, family_of("qwen2_5_vl"))
+
+
+def test_max_pixels_caps_qwen_image_tokens(tiny_models) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (256, 256))
+    default = load_processor(str(tiny_models["qwen2_5_vl"]))
+    capped = load_processor(str(tiny_models["qwen2_5_vl"]), max_pixels=4 * 28 * 28, min_pixels=4 * 28 * 28)
+
+    def patches(processor) -> int:
+        return processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"].prod().item()
+
+    assert patches(capped) == 16 < patches(default)  # 4 merged tokens = 16 patches of 14 px

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+
+def resolve_image_path(root: Path, relative: str, *, record: str) -> Path:
+    """`root / relative`, refusing paths that would leave `root` (absolute or with '..'): data is untrusted."""
+    parts = PurePosixPath(relative.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts or (len(relative) > 1 and relative[1] == ":"):
+        raise DataError(
+            f"Record {record} names image {relative!r}, which points outside the image folder; "
+            "image paths must be relative to it. Fix or remove the record."
+        )
+    return root / relative
 
 
 def is_readable_image(path: Path) -> bool:

@@ -17,7 +17,7 @@ from datasets import Dataset
 
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import vision_dataset
-from vlsafe.data.images import require_images
+from vlsafe.data.images import require_images, resolve_image_path
 from vlsafe.data.sources import hub_file, is_local
 from vlsafe.errors import DataError
 
@@ -145,7 +145,10 @@ def _to_row(record: Any, index: int, root: Path, where: str, name: str) -> dict[
     if not any(message["role"] == "assistant" for message in messages):
         raise fail("no gpt/assistant turn to learn from")
     return {
-        "images": [str(root / path) for path in images],
+        "images": [
+            str(resolve_image_path(root, path, record=f"{record_id!r} (#{index}) in {where}"))
+            for path in images
+        ],
         "messages": messages,
         "source": name,
         "id": record_id,

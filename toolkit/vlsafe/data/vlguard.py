@@ -23,7 +23,7 @@ from datasets import Dataset, Value
 
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import PROVENANCE_FEATURES, assistant_turn, user_turn, vision_dataset
-from vlsafe.data.images import require_images
+from vlsafe.data.images import require_images, resolve_image_path
 from vlsafe.data.sources import hub_file, is_local
 from vlsafe.errors import DataError
 
@@ -66,7 +66,7 @@ def load_vlguard(
         samples = [sample for sample in samples if sample["kind"] == SUBSET_KINDS[subset]]
 
     for sample in samples:
-        sample["image_path"] = image_root / sample["image_path"]
+        sample["image_path"] = resolve_image_path(image_root, sample["image_path"], record=repr(sample["id"]))
     bad = require_images(
         [sample["image_path"] for sample in samples],
         dataset=f"VLGuard {split} ({source})",
