@@ -4,7 +4,10 @@ and the loopback Hub server (tests/hub_server.py)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from PIL import Image
 from tests.hub_server import hub_server  # noqa: F401  (pytest fixture)
 from vlsafe.fixtures import FAMILIES, build_tiny_vlm, write_synthetic_sharegpt, write_synthetic_vlguard
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED_VLGUARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard" / "train.json"
 
 
@@ -63,4 +67,30 @@ def real_vlguard_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = root / "train" / record["image"]
         path.parent.mkdir(parents=True, exist_ok=True)
         placeholder.save(path)
+    return root
+
+
+def run_checked(command: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command as a user would; on failure, show the end of its output."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch folder in which the first two steps of `make demo` ran (fixtures, then training).
+
+    Holds outputs/demo/fixtures/{tiny-llava,vlguard,helpful} and the trained adapter in
+    outputs/demo/sft_vlguard; shared by the tests that need a real trained adapter (~30 s once).
+    """
+    root = tmp_path_factory.mktemp("demo")
+    run_checked([sys.executable, "-m", "vlsafe.fixtures", "--out", "outputs/demo/fixtures"], root)
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    run_checked(
+        [accelerate, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"), str(REPO / "recipes/sft_vlguard.py"),
+         "--config", str(REPO / "recipes/configs/tiny/sft_vlguard.yaml")],
+        root,
+    )  # fmt: skip
     return root

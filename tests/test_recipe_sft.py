@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import ModelConfig, SFTConfig
 
+from tests.conftest import REPO
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.fixtures import FAMILIES
 from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
 from vlsafe.training import build_sft_trainer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_recipe(
