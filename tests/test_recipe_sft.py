@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import ModelConfig, SFTConfig
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_checked
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import load_vlguard
@@ -21,9 +20,7 @@ from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
 from vlsafe.training import build_sft_trainer
 
 
-def run_recipe(
-    model: Path, vlguard: Path, helpful: Path, out: Path, *extra: str
-) -> subprocess.CompletedProcess:
+def run_recipe(model: Path, vlguard: Path, helpful: Path, out: Path, *extra: str):
     """The recipe as users launch it: accelerate launch + the tiny YAML config + CLI overrides."""
     command = [
         str(Path(sys.executable).parent / "accelerate"),
@@ -55,11 +52,7 @@ def run_recipe(
         "0",
         *extra,
     ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+    return run_checked(command, cwd=out.parent)
 
 
 @pytest.mark.slow
