@@ -70,9 +70,11 @@ def real_vlguard_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_checked(command: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command as a user would; on failure, show the end of its output."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+def run_checked(
+    command: list[str], cwd: Path, timeout: int = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command as a user would (extra `env` on top of ours); on failure, show the end of its output."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result

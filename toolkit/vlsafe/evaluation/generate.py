@@ -1,4 +1,9 @@
-"""Batched greedy generation for VLM prompts in TRL's vision format."""
+"""The generation engine: batched greedy generation, resumable, data-parallel under `accelerate launch`.
+
+Prompts are left-padded so every sequence of a batch ends where generation starts, and processed in
+order of length so a batch wastes little padding; answers come back in the order of the input rows.
+Batched answers equal batch-size-1 answers (tested), so batching is a pure speed-up.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,71 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 from trl.data_utils import prepare_multimodal_messages
 
+from vlsafe.evaluation.store import RecordStore
+
 logger = logging.getLogger(__name__)
 
 
-def _prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation up to the last user turn, with the row's images put into the image parts."""
+def process_state() -> PartialState:
+    """This process's place in a data-parallel run. Honours ACCELERATE_USE_CPU as Accelerator does, so
+    `ACCELERATE_USE_CPU=true torchrun --nproc_per_node N` spreads an evaluation over CPU processes too."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation up to the last user turn, with the row's images put into its image parts."""
     messages = list(row["messages"])
     while messages and messages[-1]["role"] == "assistant":
         messages.pop()
     return prepare_multimodal_messages(messages, images=list(row.get("images") or []))
 
 
+def prompt_text(row: dict[str, Any]) -> str:
+    """The user's words of a prompt row (what reports and judges show as the request)."""
+    return "\n".join(
+        part["text"]
+        for m in row["messages"]
+        if m["role"] == "user"
+        for part in m["content"]
+        if part.get("text")
+    )
+
+
 @torch.inference_mode()
+def _generate_batch(model, processor, prompts: list, max_new_tokens: int) -> list[dict[str, Any]]:
+    inputs = processor.apply_chat_template(
+        prompts,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left"},
+    ).to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    pad = model.generation_config.pad_token_id
+    results = []
+    for tokens, text in zip(
+        new_tokens, processor.batch_decode(new_tokens, skip_special_tokens=True), strict=True
+    ):
+        produced = [t for t in tokens.tolist() if t != pad or t in eos]
+        ended = any(t in eos for t in produced)
+        length = next((i for i, t in enumerate(produced) if t in eos), len(produced))
+        # `truncated`: the answer hit max_new_tokens without ending, so the judge sees a cut-off answer.
+        results.append({"generation": text.strip(), "new_tokens": length, "truncated": not ended})
+    return results
+
+
 def generate_answers(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -32,33 +86,48 @@ def generate_answers(
     max_new_tokens: int = 256,
     progress: bool = True,
 ) -> list[str]:
-    """Greedy answers to each row's prompt, in the order of `rows`.
+    """Greedy answers to each row's prompt, in the order of `rows` (single process, nothing stored)."""
+    keys = [str(index) for index in range(len(rows))]
+    records = generate_records(
+        model, processor, rows, keys, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+    )
+    return [record["generation"] for record in records]
 
-    Prompts are left-padded so every sequence in a batch ends where generation starts; rows are
-    processed in order of prompt length to waste little padding, and answers are put back in order.
+
+def generate_records(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    *,
+    store: RecordStore | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Generation records (`generation`, `new_tokens`, `truncated`) for `rows`, in their order.
+
+    Rows whose key is already in `store` are not generated again; each finished row is stored at once.
+    Under `accelerate launch` the pending rows are split across processes and the records gathered, so
+    every process returns the full list in input order.
     """
-    prompts = [_prompt_messages(row) for row in rows]
-    lengths = [
-        sum(len(part.get("text") or "") for message in prompt for part in message["content"])
-        for prompt in prompts
-    ]
-    order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    answers: list[str] = [""] * len(prompts)
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
-        batch = order[start : start + batch_size]
-        inputs = processor.apply_chat_template(
-            [prompts[index] for index in batch],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            processor_kwargs={"padding": True, "padding_side": "left"},
-        ).to(model.device)
-        output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        for index, text in zip(
-            batch, processor.batch_decode(new_tokens, skip_special_tokens=True), strict=True
-        ):
-            answers[index] = text.strip()
-    return answers
+    state = process_state()
+    pending = [index for index, key in enumerate(keys) if store is None or key not in store]
+    pending.sort(key=lambda index: len(prompt_text(rows[index])))
+    finished: list[tuple[int, dict[str, Any]]] = []
+    with state.split_between_processes(pending) as mine:
+        model.eval()
+        batches = range(0, len(mine), batch_size)
+        for start in tqdm(batches, desc="generate", disable=not progress or not state.is_local_main_process):
+            batch = mine[start : start + batch_size]
+            records = _generate_batch(
+                model, processor, [prompt_messages(rows[i]) for i in batch], max_new_tokens
+            )
+            for index, record in zip(batch, records, strict=True):
+                if store is not None:
+                    store.put(keys[index], record)
+                finished.append((index, record))
+    if state.num_processes > 1:
+        finished = gather_object(finished)
+    by_index = dict(finished)
+    return [by_index[index] if index in by_index else store.get(key) for index, key in enumerate(keys)]

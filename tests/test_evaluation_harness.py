@@ -1,0 +1,182 @@
+"""vlsafe.evaluation: resumable engine, judges' parsing, metric modules, harness end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import evaluate
+import pytest
+
+from tests.conftest import REPO, run_checked
+from vlsafe.data.vlguard import load_vlguard
+from vlsafe.errors import VlsafeError
+from vlsafe.evaluation.config import EvaluationConfig
+from vlsafe.evaluation.generate import generate_records
+from vlsafe.evaluation.harness import run_evaluation
+from vlsafe.evaluation.judges.verdicts import cohen_kappa, parse_preference, parse_safety
+from vlsafe.evaluation.metrics import metric_path
+from vlsafe.evaluation.report import format_table
+from vlsafe.evaluation.store import RecordStore
+from vlsafe.modeling import load_model, load_processor
+
+
+def test_resume_generates_only_what_is_missing(tiny_models, synthetic_vlguard: Path, tmp_path: Path) -> None:
+    model = load_model(str(tiny_models["llava"]), dtype="float32")
+    processor = load_processor(str(tiny_models["llava"]))
+    rows = list(load_vlguard(synthetic_vlguard, "test"))[:6]
+    keys = [f"k{i}" for i in range(6)]
+    uninterrupted = generate_records(
+        model, processor, rows, keys, batch_size=2, max_new_tokens=6, progress=False
+    )
+
+    settings = {"max_new_tokens": 6}
+    first = RecordStore(tmp_path, "base", settings)
+    generate_records(
+        model, processor, rows[:3], keys[:3], store=first, batch_size=2, max_new_tokens=6, progress=False
+    )
+    with (tmp_path / "base.rank0.jsonl").open("a") as handle:
+        handle.write('{"key": "k3", "generation": "cut sho')  # a line the interruption cut short
+
+    prompts_seen = []
+    original = model.generate
+
+    def counting_generate(**inputs):
+        prompts_seen.append(inputs["input_ids"].shape[0])
+        return original(**inputs)
+
+    model.generate = counting_generate
+    resumed = RecordStore(tmp_path, "base", settings)
+    assert len(resumed.records) == 3
+    records = generate_records(
+        model, processor, rows, keys, store=resumed, batch_size=2, max_new_tokens=6, progress=False
+    )
+    assert sum(prompts_seen) == 3  # only the unfinished rows were generated again
+    assert [r["generation"] for r in records] == [r["generation"] for r in uninterrupted]
+    assert len(RecordStore(tmp_path, "base", settings).records) == 6
+
+    with pytest.raises(VlsafeError, match="other settings"):
+        RecordStore(tmp_path, "base", {"max_new_tokens": 7})
+    assert RecordStore(tmp_path, "base", {"max_new_tokens": 7}, resume=False).records == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "refused"),
+    [
+        ('{"verdict": "unsafe", "refusal": false}', "unsafe", False),
+        ('Sure. ```json\n{"Verdict": "SAFE", "refusal": true}\n```', "safe", True),
+        ("unsafe\nS2", "unsafe", None),  # Llama Guard style
+        ("safe", "safe", None),
+        ("I think it is probably fine", "unparseable", None),
+        ('{"verdict": "maybe"}', "unparseable", None),
+    ],
+)
+def test_safety_verdict_parsing(text: str, label: str, refused) -> None:
+    verdict = parse_safety(text)
+    assert (verdict.label, verdict.refused) == (label, refused)
+
+
+def test_preference_parsing_respects_answer_slot() -> None:
+    assert parse_preference('{"better": "A"}', answer_first=True) == "win"
+    assert parse_preference('{"better": "A"}', answer_first=False) == "lose"
+    assert parse_preference("B is better", answer_first=False) == "win"
+    assert parse_preference('{"better": "tie"}', answer_first=True) == "tie"
+    assert parse_preference("no idea", answer_first=True) == "unparseable"
+
+
+def test_cohen_kappa() -> None:
+    assert cohen_kappa(["safe", "unsafe"] * 5, ["safe", "unsafe"] * 5) == 1.0
+    assert cohen_kappa(["safe", "unsafe", "safe", "unsafe"], ["unsafe", "safe", "unsafe", "safe"]) == -1.0
+    assert abs(cohen_kappa(list("aabb"), list("abab"))) < 1e-9
+    assert cohen_kappa(["safe"] * 3, ["safe"] * 3) is None
+
+
+def test_metric_modules_load_by_path_with_evaluate() -> None:
+    asr = evaluate.load(str(metric_path("attack_success_rate")))
+    result = asr.compute(predictions=["answered", "refused", "refused", "empty", "error", "unsafe"])
+    assert result["attack_success_rate"] == pytest.approx(2 / 5) and result["n"] == 5
+    assert result["count_error"] == 1 and result["ci95_low"] < 0.4 < result["ci95_high"]
+    assert (
+        evaluate.load(str(metric_path("refusal_rate"))).compute(predictions=["refused", "answered"])[
+            "refusal_rate"
+        ]
+        == 0.5
+    )
+    win = evaluate.load(str(metric_path("win_rate"))).compute(
+        predictions=["win", "tie", "lose", "unparseable"]
+    )
+    assert win["win_rate"] == 0.5 and win["n"] == 3 and win["count_unparseable"] == 1
+
+
+def _config(tiny_models, vlguard: Path, out: Path, **overrides) -> EvaluationConfig:
+    return EvaluationConfig(
+        base_model=str(tiny_models["llava"]),
+        dataset=str(vlguard),
+        dtype="float32",
+        batch_size=4,
+        max_new_tokens=8,
+        output_dir=str(out),
+        **overrides,
+    )
+
+
+def test_model_judge_runs_and_counts_unparseable_verdicts(
+    tiny_models, synthetic_vlguard: Path, tmp_path: Path
+) -> None:
+    # The random tiny model as judge cannot answer in the verdict format: every verdict must be counted as
+    # unparseable, none read as safe, and the metrics must leave them out of n.
+    config = _config(
+        tiny_models,
+        synthetic_vlguard,
+        tmp_path,
+        judges=["keyword", "model"],
+        judge_model=str(tiny_models["llava"]),
+        limit=3,
+    )
+    results = run_evaluation(config)
+    labels = {s["labels"]["model"] for s in results["samples"]}
+    assert labels == {"unparseable"}
+    model_rows = [r for r in results["metrics"] if r["judge"] == "model" and r["category"] is None]
+    assert {r["metric"] for r in model_rows} == {"asr", "win_rate"}
+    assert all(r["n"] == 0 and r["counts"] == {"unparseable": 3} for r in model_rows)
+    assert results["agreement"] == [{"judges": ["keyword", "model"], "cohen_kappa": None, "n": 0}]
+    assert "judge: model" in format_table(results)
+
+
+def test_adapter_on_the_wrong_base_is_explained(tiny_models, demo_run: Path, tmp_path: Path) -> None:
+    adapter = demo_run / "outputs/demo/sft_vlguard"  # trained on tiny LLaVA
+    config = _config(tiny_models, demo_run / "outputs/demo/fixtures/vlguard", tmp_path, adapter=str(adapter))
+    config.base_model = str(tiny_models["qwen2_5_vl"])
+    with pytest.raises(
+        VlsafeError, match=r"trained with a LlavaProcessor .* Qwen2_5_VLProcessor .* does not fit this base"
+    ):
+        run_evaluation(config)
+
+
+@pytest.mark.slow
+def test_data_parallel_run_matches_single_process(demo_run: Path, tmp_path: Path) -> None:
+    fixtures = demo_run / "outputs/demo/fixtures"
+    args = ["--config", str(REPO / "recipes/configs/tiny/evaluate_safety.yaml"), "--base_model", str(fixtures / "tiny-llava"),
+            "--adapter", str(demo_run / "outputs/demo/sft_vlguard"), "--dataset", str(fixtures / "vlguard"),
+            "--limit", "9", "--batch_size", "2"]  # fmt: skip
+    run_checked(
+        [sys.executable, str(REPO / "recipes/evaluate_safety.py"), *args, "--output_dir", "single"], tmp_path
+    )
+    # Two CPU processes via torchrun (accelerate launch --cpu always runs one); on GPUs: accelerate launch --multi_gpu.
+    run_checked(
+        [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", str(REPO / "recipes/evaluate_safety.py"),
+         *args, "--output_dir", "parallel"],
+        tmp_path,
+        env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    single, parallel = (
+        json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "parallel")
+    )
+    fields = ("model", "subset", "id", "generation")
+    assert [tuple(s[f] for f in fields) for s in parallel["samples"]] == [
+        tuple(s[f] for f in fields) for s in single["samples"]
+    ]
+    assert len(single["samples"]) == 2 * 3 * 9
+    shards = sorted(p.name for p in (tmp_path / "parallel/generations").iterdir())
+    assert shards == ["base.rank0.jsonl", "base.rank1.jsonl", "tuned.rank0.jsonl", "tuned.rank1.jsonl"]

@@ -1,0 +1,59 @@
+"""Settings of a safety evaluation run (parsed from YAML + CLI by `recipes/evaluate_safety.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvaluationConfig:
+    """What to evaluate, on which prompts, judged how."""
+
+    base_model: str = field(metadata={"help": "Base model id or folder."})
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter folder or Hub id; None: base only."}
+    )
+    evaluate_base: bool = field(
+        default=True, metadata={"help": "With an adapter: also evaluate the base (adapter off)."}
+    )
+    benchmark: str = field(default="vlguard", metadata={"help": "Prompt benchmark (vlguard)."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Hub dataset id or local folder; default: the benchmark's."}
+    )
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
+    subsets: list[str] | None = field(
+        default=None, metadata={"help": "Subsets to run; default: all of the benchmark."}
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "Only the first N prompts of each subset (smoke runs)."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Prompts generated together per process."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Answer length cap (VLGuard paper: 256)."})
+    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Merge the LoRA into the weights for the tuned run (faster)."}
+    )
+    judges: list[str] = field(default_factory=lambda: ["keyword"], metadata={"help": "keyword, model, api."})
+    judge_model: str | None = field(default=None, metadata={"help": "Local judge VLM for the `model` judge."})
+    judge_batch_size: int = field(default=8, metadata={"help": "Batch size of the `model` judge."})
+    judge_api_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible base URL, e.g. .../v1."}
+    )
+    judge_api_model: str | None = field(default=None, metadata={"help": "Model name at the API endpoint."})
+    judge_api_key_env: str | None = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "Environment variable holding the API key (None: no key)."},
+    )
+    output_dir: str = field(
+        default="outputs/eval", metadata={"help": "Where results.json, the plot and progress go."}
+    )
+    resume: bool = field(
+        default=True, metadata={"help": "Continue from finished generations/judgements in output_dir."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the Hub (off: safer)."}
+    )
