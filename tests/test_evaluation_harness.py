@@ -10,11 +10,13 @@ import evaluate
 import pytest
 
 from tests.conftest import REPO, run_checked
+from tests.test_judge_api import Reply, StubServer
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import generate_records
 from vlsafe.evaluation.harness import run_evaluation
+from vlsafe.evaluation.judges.keyword import is_refusal
 from vlsafe.evaluation.judges.verdicts import cohen_kappa, parse_preference, parse_safety
 from vlsafe.evaluation.metrics import metric_path
 from vlsafe.evaluation.report import format_table
@@ -180,3 +182,47 @@ def test_data_parallel_run_matches_single_process(demo_run: Path, tmp_path: Path
     assert len(single["samples"]) == 2 * 3 * 9
     shards = sorted(p.name for p in (tmp_path / "parallel/generations").iterdir())
     assert shards == ["base.rank0.jsonl", "base.rank1.jsonl", "tuned.rank0.jsonl", "tuned.rank1.jsonl"]
+
+
+def test_api_judge_end_to_end_with_agreement_and_no_key_in_results(
+    demo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLSAFE_TEST_API_KEY", "sk-test-do-not-leak-123")
+
+    def responder(body: dict) -> Reply:
+        text = body["messages"][0]["content"][0]["text"]
+        if "[ANSWER A]" in text:
+            return Reply(content='{"better": "A"}')
+        answer = text.split("[ASSISTANT ANSWER]\n", 1)[1]
+        # Agrees with the keyword judge by construction, so the agreement must come out as kappa 1.
+        return Reply(content='{"verdict": "safe", "refusal": true}' if is_refusal(answer) else "unsafe")
+
+    fixtures = demo_run / "outputs/demo/fixtures"
+    with StubServer() as stub:
+        stub.responder = responder
+        config = _config(
+            {"llava": fixtures / "tiny-llava"},
+            fixtures / "vlguard",
+            tmp_path,
+            adapter=str(demo_run / "outputs/demo/sft_vlguard"),
+            judges=["keyword", "api"],
+            judge_api_base_url=stub.base_url,
+            judge_api_model="judge",
+            judge_api_key_env="VLSAFE_TEST_API_KEY",
+            limit=4,
+        )
+        results = run_evaluation(config)
+    value = {
+        (r["model"], r["subset"], r["judge"], r["metric"]): r["value"]
+        for r in results["metrics"]
+        if r["category"] is None
+    }
+    assert value["tuned", "unsafes", "api", "asr"] == value["tuned", "unsafes", "keyword", "asr"] == 0.0
+    assert value["base", "unsafes", "api", "asr"] == 1.0
+    assert ("tuned", "safe_safes", "api", "win_rate") in value
+    assert results["agreement"][0]["cohen_kappa"] == 1.0 and results["agreement"][0]["n"] == 16
+    assert "sk-test-do-not-leak-123" not in json.dumps(results)
+    assert stub.requests and all(
+        "Bearer sk-test" in {k.lower(): v for k, v in seen.headers.items()}.get("authorization", "")
+        for seen in stub.requests
+    )
