@@ -1,0 +1,116 @@
+"""DPO safety tuning: prefer refusals over the model's own harmful answers, and helpful answers over needless
+refusals, with LoRA on the language model (optionally continuing an SFT adapter).
+
+    accelerate launch --config_file recipes/accelerate/single_gpu.yaml \
+        recipes/dpo_safety.py --config recipes/configs/llava-1.5-7b/dpo_safety.yaml
+
+Pairs are built on-policy from VLGuard train (the policy's own answers, judged by the keyword judge), or
+imported from an existing preference file (`preference_file`, e.g. SPA-VL-style json). With `sft_adapter`
+the adapter is trained further and the reference model is a frozen copy of it; without, a fresh LoRA is
+trained against the base model (adapter disabled).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from peft import PeftModel
+from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
+
+from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
+from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
+from vlsafe.evaluation.generate import generate_answers
+from vlsafe.modeling import family_of, load_model, load_processor, lora_config
+
+logger = logging.getLogger("vlsafe.recipes.dpo_safety")
+
+
+@dataclass
+class DPOSafetyArguments:
+    """Where the preference pairs come from."""
+
+    dataset: str = field(default=VLGUARD_REPO, metadata={"help": "VLGuard Hub id or local folder (pair source)."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
+    preference_file: str | None = field(default=None, metadata={"help": "Import pairs from this json/jsonl instead."})
+    preference_image_root: str | None = field(default=None, metadata={"help": "Image folder of preference_file."})
+    sft_adapter: str | None = field(default=None, metadata={"help": "Continue this SFT adapter (folder or Hub id)."})
+    on_policy: bool = field(default=True, metadata={"help": "Reject the policy's own answers (else synthetic/template)."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Batch size of the on-policy generation."})
+    generation_max_new_tokens: int = field(default=128, metadata={"help": "Length cap of on-policy answers."})
+    synthetic_compliance: str | None = field(
+        default=SYNTHETIC_COMPLIANCE, metadata={"help": "Rejected answer for refused harmful prompts; empty: skip them."}
+    )
+    harmful_fraction: float | None = field(default=None, metadata={"help": "Share of pairs from harmful prompts."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
+    save_pairs: str | None = field(default=None, metadata={"help": "Folder to save the pairs to (parquet)."})
+    skip_missing_images: bool = field(default=False, metadata={"help": "Skip samples with missing images (counted)."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."})
+
+
+def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = load_model(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        load_in_4bit=model_args.load_in_4bit,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    processor = load_processor(data_args.sft_adapter or model_args.model_name_or_path, max_pixels=data_args.max_pixels)
+    family = family_of(model.config.model_type)
+    peft_config = None
+    if data_args.sft_adapter:
+        model = PeftModel.from_pretrained(model, data_args.sft_adapter, is_trainable=True)
+    else:
+        peft_config = lora_config(
+            family, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+        )  # fmt: skip
+
+    if data_args.preference_file:
+        pairs = load_preference_json(
+            data_args.preference_file,
+            image_root=data_args.preference_image_root,
+            skip_missing_images=data_args.skip_missing_images,
+        )
+    else:
+        rows = load_vlguard(
+            data_args.dataset, "train", revision=data_args.dataset_revision, skip_missing_images=data_args.skip_missing_images
+        ).shuffle(seed=training_args.seed)
+        if data_args.max_prompts:
+            rows = rows.select(range(min(data_args.max_prompts, len(rows))))
+        rows = list(rows)
+        generations = None
+        if data_args.on_policy:
+            generations = generate_answers(
+                model, processor, rows,
+                batch_size=data_args.generation_batch_size, max_new_tokens=data_args.generation_max_new_tokens,
+            )  # fmt: skip
+        pairs = build_preference_pairs(
+            rows,
+            generations,
+            synthetic_compliance=data_args.synthetic_compliance or None,
+            harmful_fraction=data_args.harmful_fraction,
+            seed=training_args.seed,
+        )
+    if data_args.save_pairs:
+        pairs.to_parquet(f"{data_args.save_pairs}/pairs.parquet")
+        logger.info("Saved %d pairs to %s", len(pairs), data_args.save_pairs)
+
+    trainer = DPOTrainer(
+        model=model, args=training_args, train_dataset=pairs, processing_class=processor, peft_config=peft_config
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(policy, "peft_config", {}):
+        policy.delete_adapter("ref")  # TRL's frozen copy of the SFT adapter: the reference, not part of the result
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+        logger.info("Saved adapter and processor to %s", training_args.output_dir)
+
+
+if __name__ == "__main__":
+    main(*TrlParser((DPOSafetyArguments, DPOConfig, ModelConfig)).parse_args_and_config())
