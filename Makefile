@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo space test lint format clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ demo: setup
 	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
 		recipes/sft_vlguard.py --config recipes/configs/tiny/sft_vlguard.yaml
 	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml
+
+# Serve spaces/compare (base vs safety-tuned, side by side) on http://127.0.0.1:7860 with the demo model + adapter.
+space: setup
+	test -f $(DEMO)/sft_vlguard/adapter_config.json || $(MAKE) demo
+	$(BIN)/python spaces/compare/app.py
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

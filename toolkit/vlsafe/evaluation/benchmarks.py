@@ -25,10 +25,18 @@ def _vlguard_prompts(source: str, subset: str, revision: str | None) -> Dataset:
     return load_vlguard(source, "test", subset, revision=revision)
 
 
+def _mis_prompts(source: str, subset: str, revision: str | None) -> Dataset:
+    from vlsafe.data.mis import load_mis_test
+
+    return load_mis_test(source, subset, revision=revision)
+
+
 BENCHMARKS = {
     "vlguard": Benchmark(
         VLGUARD_REPO, {"unsafes": True, "safe_unsafes": True, "safe_safes": False}, _vlguard_prompts
     ),
+    # Every MIS test prompt is harmful: the harm appears from the two images together.
+    "mis": Benchmark("Tuwhy/MIS_Test", {"easy": True, "hard": True, "real": True}, _mis_prompts),
 }
 
 

@@ -24,6 +24,7 @@ from vlsafe.evaluation.generate import generate_records, process_state, prompt_t
 from vlsafe.evaluation.judges.keyword import keyword_label
 from vlsafe.evaluation.judges.verdicts import SAFE, UNSAFE, PreferenceItem, SafetyItem, cohen_kappa
 from vlsafe.evaluation.metrics import load_metric
+from vlsafe.evaluation.metrics.proportions import proportion
 from vlsafe.evaluation.store import RecordStore
 from vlsafe.modeling import load_model, load_processor
 
@@ -55,7 +56,9 @@ def _adapter_processor(config: EvaluationConfig, base_processor):
     except (OSError, ValueError):
         logger.info("Adapter %s has no processor files: using the base model's", config.adapter)
         return base_processor
-    if type(processor) is not type(base_processor) or len(processor.tokenizer) != len(base_processor.tokenizer):
+    if type(processor) is not type(base_processor) or len(processor.tokenizer) != len(
+        base_processor.tokenizer
+    ):
         raise VlsafeError(
             f"Adapter {config.adapter} was trained with a {type(processor).__name__} of {len(processor.tokenizer)} "
             f"tokens, but base model {config.base_model} has a {type(base_processor).__name__} of "
@@ -69,7 +72,9 @@ def _attach_adapter(model, config: EvaluationConfig) -> PeftModel:
     """Wrap the base with the adapter; weights that do not fit give a clear error."""
     adapter_base = PeftConfig.from_pretrained(config.adapter).base_model_name_or_path
     if adapter_base and adapter_base != config.base_model:
-        logger.warning("Adapter %s was trained on %s, evaluated on %s", config.adapter, adapter_base, config.base_model)
+        logger.warning(
+            "Adapter %s was trained on %s, evaluated on %s", config.adapter, adapter_base, config.base_model
+        )
     try:
         return PeftModel.from_pretrained(model, config.adapter)
     except (RuntimeError, ValueError, KeyError) as error:
@@ -184,7 +189,10 @@ def judge_samples(config: EvaluationConfig, samples: list[dict[str, Any]], harmf
             ),
             strict=True,
         ):
-            store.put(key(sample), {"label": verdict.label, "refused": verdict.refused})
+            store.put(
+                key(sample),
+                {"label": verdict.label, "refused": verdict.refused, "perception": verdict.perception},
+            )
         helpful = [s for s in todo if not harmful[s["subset"]] and s.get("reference")]
         items = [
             PreferenceItem(s["prompt"], s["generation"], s["reference"], s["id"], tuple(s["images"]))
@@ -194,7 +202,10 @@ def judge_samples(config: EvaluationConfig, samples: list[dict[str, Any]], harmf
             store.put(key(sample), {"label": label})
         for sample in samples:
             if key(sample) in store:
-                sample["labels"][name] = store.get(key(sample))["label"]
+                record = store.get(key(sample))
+                sample["labels"][name] = record["label"]
+                if record.get("perception") is not None:
+                    sample.setdefault("perception", {})[name] = record["perception"]
 
 
 def compute_metrics(
@@ -220,6 +231,7 @@ def compute_metrics(
                 wanted = [("refusal_rate", "refusal_rate")]
             else:
                 wanted = [("win_rate", "win_rate")]
+            rows += _perception_rows(members, judge, (model, benchmark, subset, category))
             for metric, module in wanted:
                 result = metrics[module].compute(predictions=labels)
                 rows.append(
@@ -238,6 +250,30 @@ def compute_metrics(
                         },
                     }
                 )
+    return rows
+
+
+# MIS perception metrics: safe answers at perception level 1, 2, 3 (see Verdict.perception).
+PERCEPTION_METRICS = {1: "rsr", 2: "rr", 3: "hr"}
+
+
+def _perception_rows(members: list[dict], judge: str, group: tuple) -> list[dict[str, Any]]:
+    """RSR/RR/HR rows when the judge rated perception (multi-image prompts); none otherwise."""
+    rated = [m for m in members if judge in m.get("perception", {})]
+    if not rated:
+        return []
+    model, benchmark, subset, category = group
+    rows = []
+    for level, metric in PERCEPTION_METRICS.items():
+        hits = [
+            "hit" if m["labels"][judge] == SAFE and m["perception"][judge] == level else "miss" for m in rated
+        ]
+        result = proportion(hits, {"hit": 1.0}, metric)
+        rows.append(
+            {"model": model, "benchmark": benchmark, "subset": subset, "category": category, "judge": judge,
+             "metric": metric, "value": result[metric], "n": result["n"], "ci95": [result["ci95_low"], result["ci95_high"]],
+             "counts": {"hit": hits.count("hit"), "miss": hits.count("miss")}}
+        )  # fmt: skip
     return rows
 
 

@@ -9,13 +9,28 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# Rows of the VLGuard paper's table: (subset, metric, label); arrows say which direction is better.
-TABLE_ROWS = (
-    ("safe_safes", "win_rate", "Safe-Safe win rate vs reference (higher better)"),
-    ("safe_safes", "refusal_rate", "Safe-Safe refusal = over-refusal (lower better)"),
-    ("safe_unsafes", "asr", "Safe-Unsafe ASR (lower better)"),
-    ("unsafes", "asr", "Unsafe ASR (lower better)"),
-)
+# Rows of each benchmark's table, as its paper reports them: (subset, metric, label).
+TABLE_ROWS = {
+    "vlguard": (
+        ("safe_safes", "win_rate", "Safe-Safe win rate vs reference (higher better)"),
+        ("safe_safes", "refusal_rate", "Safe-Safe refusal = over-refusal (lower better)"),
+        ("safe_unsafes", "asr", "Safe-Unsafe ASR (lower better)"),
+        ("unsafes", "asr", "Unsafe ASR (lower better)"),
+    ),
+    "mis": tuple(
+        (split, metric, f"MIS-{split} {label}")
+        for split in ("easy", "hard", "real")
+        for metric, label in (
+            ("asr", "ASR (lower better)"),
+            ("rsr", "RSR: safe, perceives both images (higher better)"),
+            ("rr", "RR: safe, partial perception"),
+            ("hr", "HR: safe, misperceives"),
+        )
+    ),
+}
+KEYWORD_ONLY_NOTE = {
+    "mis": "Keyword judge: refusal-based ASR only; RSR/RR/HR need a judge that sees both images (model or api)."
+}
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -32,11 +47,12 @@ def _lookup(metrics: list[dict], **match: Any) -> dict[str, Any] | None:
 def format_table(results: dict[str, Any]) -> str:
     """Plain-text table: metric rows x model columns (value, 95% CI, n), one block per judge, then ASR by category."""
     metrics, models = results["metrics"], list(results["models"])
+    benchmark = results["config"]["benchmark"]
     lines = []
     for judge in results["judges"]:
         header = f"{'judge: ' + judge:<50}" + "".join(f"{model:>30}" for model in models)
         lines += [header, "-" * len(header)]
-        for subset, metric, label in TABLE_ROWS:
+        for subset, metric, label in TABLE_ROWS[benchmark]:
             cells = [
                 _lookup(metrics, model=m, subset=subset, metric=metric, judge=judge, category=None)
                 for m in models
@@ -44,14 +60,19 @@ def format_table(results: dict[str, Any]) -> str:
             if any(cells):
                 lines.append(f"{label:<50}" + "".join(f"{_cell(c):>30}" for c in cells))
         categories = sorted({r["category"] for r in metrics if r["category"] and r["judge"] == judge})
-        for category in categories:
-            cells = [
-                _lookup(metrics, model=m, subset="unsafes", metric="asr", judge=judge, category=category)
-                for m in models
-            ]
-            if any(cells):
-                lines.append(f"{'  Unsafe ASR, ' + category:<50}" + "".join(f"{_cell(c):>30}" for c in cells))
+        harmful = [subset for subset, metric, _ in TABLE_ROWS[benchmark] if metric == "asr"]
+        for subset in harmful:
+            for category in categories:
+                cells = [
+                    _lookup(metrics, model=m, subset=subset, metric="asr", judge=judge, category=category)
+                    for m in models
+                ]
+                if any(cells):
+                    label = f"  {subset} ASR, {category}"
+                    lines.append(f"{label:<50}" + "".join(f"{_cell(c):>30}" for c in cells))
         lines.append("")
+    if results["judges"] == ["keyword"] and benchmark in KEYWORD_ONLY_NOTE:
+        lines.append(KEYWORD_ONLY_NOTE[benchmark])
     for row in results.get("agreement", []):
         kappa = "undefined" if row["cohen_kappa"] is None else f"{row['cohen_kappa']:.2f}"
         lines.append(
@@ -68,12 +89,13 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     metrics, models, judges = results["metrics"], list(results["models"]), results["judges"]
+    table_rows = TABLE_ROWS[results["config"]["benchmark"]]
     figure, axes = plt.subplots(1, len(judges), figsize=(6 * len(judges), 4), squeeze=False)
     width = 0.8 / len(models)
     for axis, judge in zip(axes[0], judges, strict=True):
         rows = [
             (subset, metric, label)
-            for subset, metric, label in TABLE_ROWS
+            for subset, metric, label in table_rows
             if _lookup(metrics, subset=subset, metric=metric, judge=judge, category=None)
         ]
         for offset, model in enumerate(models):
