@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo space test lint format clean
+.PHONY: setup demo space publish test lint format clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ demo: setup
 space: setup
 	test -f $(DEMO)/sft_vlguard/adapter_config.json || $(MAKE) demo
 	$(BIN)/python spaces/compare/app.py
+
+FOLDER ?= $(DEMO)/sft_vlguard
+# make publish REPO=<user>/<name> [BASE_REPO=<user>/<base>] [FOLDER=...]: one commit to the Hub
+publish: setup
+	$(BIN)/python -m vlsafe.publish --folder $(FOLDER) --repo_id $(REPO) $(if $(BASE_REPO),--base_model_repo $(BASE_REPO))
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

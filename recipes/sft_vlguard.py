@@ -4,8 +4,9 @@
         recipes/sft_vlguard.py --config recipes/configs/llava-1.5-7b/sft_vlguard.yaml
 
 Any config value can be overridden on the command line (`--learning_rate 1e-4`). The output folder holds
-the LoRA adapter, processor, tokenizer and chat template, and loads with
-`AutoModelForImageTextToText.from_pretrained(output_dir)`.
+the LoRA adapter, processor, tokenizer and chat template, training_summary.json and the model card
+(README.md), and loads with `AutoModelForImageTextToText.from_pretrained(output_dir)`. With
+`--push_to_hub --hub_model_id <user>/<name>` the finished folder is published in one commit at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
-from vlsafe.training import build_sft_trainer, train_and_save
+from vlsafe.training import DatasetRef, RunRecord, build_sft_trainer, take_over_hub_push, train_and_save
 
 
 @dataclass
@@ -32,6 +33,9 @@ class VLGuardArguments:
     helpful_dataset: str | None = field(
         default=None,
         metadata={"help": "LLaVA/ShareGPT json file, local folder or Hub dataset id; None: no mixing."},
+    )
+    helpful_dataset_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision of the helpfulness dataset."}
     )
     helpful_data_file: str | None = field(
         default=None, metadata={"help": "json name in a folder or Hub repo."}
@@ -55,6 +59,10 @@ class VLGuardArguments:
     max_pixels: int | None = field(
         default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
     )
+    license: str = field(
+        default="other",
+        metadata={"help": "License in the adapter's card: the base model's (e.g. apache-2.0, llama2)."},
+    )
 
 
 def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
@@ -73,12 +81,35 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
             data_file=data_args.helpful_data_file,
             image_root=data_args.helpful_image_root,
             image_archive=data_args.helpful_image_archive,
+            revision=data_args.helpful_dataset_revision,
             skip_missing_images=data_args.skip_missing_images,
         )
     train_dataset = mix_with_helpfulness(safety, helpful, data_args.helpful_samples, seed=training_args.seed)
 
+    hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
     trainer = build_sft_trainer(train_dataset, training_args, model_args, max_pixels=data_args.max_pixels)
-    train_and_save(trainer)
+    train_and_save(trainer, run_record(data_args, model_args), hub_target)
+
+
+def run_record(data_args: VLGuardArguments, model_args: ModelConfig) -> RunRecord:
+    """The run as the card tells it: recipe, base model and datasets as the user named them."""
+    datasets = [DatasetRef("safety", data_args.dataset, data_args.dataset_revision, split="train")]
+    if data_args.helpful_dataset:
+        datasets.append(
+            DatasetRef(
+                "helpfulness",
+                data_args.helpful_dataset,
+                data_args.helpful_dataset_revision,
+                samples=data_args.helpful_samples,
+            )
+        )
+    return RunRecord(
+        recipe="sft_vlguard",
+        base_model=model_args.model_name_or_path,
+        base_revision=model_args.model_revision,
+        datasets=datasets,
+        license=data_args.license,
+    )
 
 
 if __name__ == "__main__":

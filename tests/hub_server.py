@@ -1,18 +1,40 @@
 """A fake Hugging Face Hub served over real HTTP on 127.0.0.1, for tests.
 
 The real ``huggingface_hub`` client (``hf_hub_download``, ``snapshot_download``, ``HfApi().repo_info`` and
-friends, ``list_repo_files``) talks to it once ``HF_ENDPOINT`` points at it: use the ``hub_server`` fixture,
-which also isolates the HF cache and token (see ``point_hf_client_at`` for what is patched and why).
+friends, ``create_repo``, ``create_commit``/``upload_folder``, ``create_branch``) talks to it once
+``HF_ENDPOINT`` points at it: use the ``hub_server`` fixture, which also isolates the HF cache and token (see
+``point_hf_client_at`` for what is patched and why). ``transformers``/``peft`` ``from_pretrained`` go through
+the same client.
 
-Repos are local folders registered with ``FakeHub.add_repo``. Each repo has one fixed fake commit; the
-revisions ``main`` and that commit sha resolve, anything else is ``RevisionNotFound``. Routes (read-only):
+Repos are registered with ``FakeHub.add_repo`` (a local folder, read live as the repo's first commit, so
+tests may edit it) or created by the client. Each repo has a commit history and branches; ``main`` starts at
+a fixed fake commit. A revision is a branch name or the sha of one of the repo's commits; anything else is
+``RevisionNotFound``. Read routes:
 
 - ``HEAD|GET /{datasets/|spaces/|}{repo_id}/resolve/{revision}/{path}``: file body, with ``X-Repo-Commit``,
-  ``ETag`` (the git blob oid, as the Hub sends for non-LFS files) and ``Content-Length``. No redirects:
-  the Hub answers small (non-LFS) files with a plain 200, LFS/Xet storage is not emulated.
+  ``ETag`` (the git blob oid for regular files, as the Hub sends) and ``Content-Length``. LFS files (pushed
+  ``*.safetensors``, binaries...) answer like the Hub: a 302 to ``/lfs-objects/{sha256}`` on a second port
+  (``storage_url``: another origin, like the Hub's CDN) with ``X-Linked-Etag``/``X-Linked-Size``.
+  Folder-backed repos serve every file as a regular one.
 - ``GET /api/{models|datasets|spaces}/{repo_id}[/revision/{revision}]``: repo info (``sha``, ``siblings``...).
 - ``GET /api/{...}/{repo_id}/tree/{revision}[/{path}]?recursive=``: tree listing (one page, no ``Link``).
 - ``POST /api/{...}/{repo_id}/paths-info/{revision}``: info on the form-posted ``paths``.
+- ``GET /api/{...}/{repo_id}/refs`` and ``/commits/{revision}``: branches, and the history (newest first).
+
+Write routes (the commit protocol of ``HfApi.create_commit`` with the legacy LFS transfer; Xet is off):
+
+- ``POST /api/repos/create`` (409 if it exists), ``POST /api/validate-yaml`` (README front matter),
+  ``GET /api/whoami-v2`` (the token's user and orgs),
+- ``POST /api/{...}/{repo_id}/preupload/{revision}``: regular or LFS upload mode per file, and its remote oid,
+- ``POST /{datasets/|spaces/|}{repo_id}.git/info/lfs/objects/batch`` then ``PUT /lfs-objects/{sha256}``
+  (unauthenticated, like a presigned storage URL; the body must hash to the oid),
+- ``POST /api/{...}/{repo_id}/commit/{branch}``: ndjson header + files/lfsFiles/deletions, applied atomically:
+  either every operation lands in one new commit or the branch does not move,
+- ``POST /api/{...}/{repo_id}/branch/{branch}`` (from ``startingPoint``, 409 if it exists).
+
+Writing needs a user: ``FakeHub.add_user(name, token, orgs)``. No or unknown token: 401 (``Invalid
+credentials``); a known token outside the repo's namespace: 403; a private repo it cannot see: 404.
+``FakeHub.fail(method, pattern, status, times)`` makes matching requests fail first (outages, for retry tests).
 
 Errors carry ``X-Error-Code``/``X-Error-Message`` like the Hub's, which is what the client maps to its
 exceptions: ``RepoNotFound`` (404; 401 for a private repo without token), ``GatedRepo`` (file content of a
@@ -20,19 +42,19 @@ gated repo: 401 without token, 403 with a token not in the repo's ``tokens``), `
 ``EntryNotFound`` (404). Repo metadata and listings of gated repos stay public, as on the Hub.
 
 ``FakeHub.requests`` logs ``(method, path, had_auth)``; token values are never logged nor echoed. To add
-routes (e.g. create repo / preupload / commit for push tests), call ``FakeHub.add_route`` with a handler
-``(hub, Request) -> Response``.
+routes, call ``FakeHub.add_route`` with a handler ``(hub, Request) -> Response`` (built-in routes match first).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,30 +62,126 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+import yaml
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _REPO_ID = r"(?P<repo_id>[^/]+(?:/[^/]+)?)"
 _API = r"/api/(?P<type>models|datasets|spaces)/" + _REPO_ID
+_PREFIX = r"/(?:(?P<prefix>datasets|spaces)/)?"
+FAKE_DATE = "2024-01-01T00:00:00.000Z"
+# What the Hub stores in LFS: the patterns of the .gitattributes it creates, binary content, files over 10 MB.
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx",
+                ".model", ".npy", ".npz", ".parquet", ".arrow", ".zip", ".tar", ".gz", ".tgz", ".zst", ".7z")  # fmt: skip
+LFS_MIN_SIZE = 10 * 1024 * 1024
+GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
+REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def git_blob_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One file of a commit. LFS files are listed and served the way the Hub does for them."""
+
+    data: bytes = field(repr=False)
+    lfs: bool = False
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def pointer(self) -> bytes:
+        return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.data)}\n".encode()
+
+    @property
+    def oid(self) -> str:
+        """The git blob oid (of the pointer file, for LFS files), as in tree listings."""
+        return git_blob_oid(self.pointer if self.lfs else self.data)
+
+    @property
+    def etag(self) -> str:
+        """What the Hub sends as (linked) ETag and preupload's ``oid``: sha256 for LFS, git oid otherwise."""
+        return self.sha256 if self.lfs else self.oid
+
+
+@dataclass
+class Commit:
+    sha: str
+    title: str
+    message: str = ""
+    parent: str | None = None
+    author: str | None = None
+    files: dict[str, Blob] | None = field(default=None, repr=False)  # None: the repo folder, read live
 
 
 @dataclass
 class FakeRepo:
     repo_id: str
     repo_type: str
-    folder: Path
+    folder: Path | None  # None: a repo created through the API
     gated: bool = False
     private: bool = False
     tokens: frozenset[str] = field(default=frozenset(), repr=False)  # tokens allowed in (gated/private)
+    commits: dict[str, Commit] = field(default_factory=dict, repr=False)
+    branches: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.commits:
+            sha = hashlib.sha1(f"fake-hub:{self.repo_type}:{self.repo_id}".encode()).hexdigest()
+            files = None if self.folder is not None else {".gitattributes": Blob(GITATTRIBUTES.encode())}
+            self.commits[sha] = Commit(sha, "initial commit", files=files)
+            self.branches["main"] = sha
 
     @property
     def sha(self) -> str:
-        return hashlib.sha1(f"fake-hub:{self.repo_type}:{self.repo_id}".encode()).hexdigest()
+        """Head commit of ``main``."""
+        return self.branches["main"]
 
-    def files(self) -> dict[str, Path]:
-        """Repo path (posix) -> local file, read at call time so tests may edit the folder."""
-        found = (p for p in self.folder.rglob("*") if p.is_file())
-        rel = {p.relative_to(self.folder).as_posix(): p for p in found}
-        return {k: rel[k] for k in sorted(rel) if ".git" not in k.split("/")}
+    @property
+    def namespace(self) -> str:
+        return self.repo_id.split("/")[0]
+
+    def commit(self, revision: str = "main") -> Commit | None:
+        """The commit a revision (branch name or commit sha) points at, or None."""
+        return self.commits.get(self.branches.get(revision, revision))
+
+    def files(self, revision: str = "main") -> dict[str, Blob]:
+        """Repo path (posix) -> content at ``revision``; a folder-backed commit is read at call time."""
+        commit = self.commit(revision)
+        if commit is None:
+            raise KeyError(revision)
+        if commit.files is not None:
+            return dict(sorted(commit.files.items()))
+        assert self.folder is not None
+        found = {p.relative_to(self.folder).as_posix(): p for p in self.folder.rglob("*") if p.is_file()}
+        return {k: Blob(found[k].read_bytes()) for k in sorted(found) if ".git" not in k.split("/")}
+
+    def history(self, revision: str = "main") -> list[Commit]:
+        """Commits reachable from ``revision``, newest first."""
+        out, commit = [], self.commit(revision)
+        while commit is not None:
+            out.append(commit)
+            commit = self.commits.get(commit.parent) if commit.parent else None
+        return out
+
+
+@dataclass(frozen=True)
+class FakeUser:
+    name: str
+    token: str = field(repr=False)
+    orgs: frozenset[str] = frozenset()
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    times: int | None  # None: every time
 
 
 @dataclass
@@ -73,7 +191,7 @@ class Request:
     params: dict[str, str]  # named groups of the route pattern, decoded
     query: dict[str, list[str]]
     headers: Message = field(repr=False)
-    body: bytes
+    body: bytes = field(repr=False)
     token: str | None = field(repr=False)  # from "Authorization: Bearer ..."; used, never stored
 
 
@@ -104,24 +222,35 @@ class Route:
     handler: Handler
 
 
-def git_blob_oid(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.requests: list[tuple[str, str, bool]] = []
         self.routes: list[Route] = []
+        self.faults: list[Fault] = []
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content: the LFS storage behind every repo
+        self._users: dict[str, FakeUser] = {}  # token -> user
+        self._lock = threading.RLock()  # the server is threaded: repo state changes under this lock
         self._httpd: ThreadingHTTPServer | None = None
-        self.add_route(
-            ("GET", "HEAD"),
-            r"/(?:(?P<prefix>datasets|spaces)/)?" + _REPO_ID + r"/resolve/(?P<revision>[^/]+)/(?P<path>.+)",
-            resolve_file,
-        )
-        self.add_route(("GET",), _API + r"(?:/revision/(?P<revision>[^/]+))?", repo_info)
+        self._storage: ThreadingHTTPServer | None = None  # LFS storage: another origin, like the Hub's CDN
+        resolve = _PREFIX + _REPO_ID + r"/resolve/(?P<revision>[^/]+)/(?P<path>.+)"
+        self.add_route(("GET", "HEAD"), resolve, resolve_file)
+        self.add_route(("GET", "HEAD"), r"/lfs-objects/(?P<oid>[0-9a-f]{64})", get_lfs_object)
+        self.add_route(("PUT",), r"/lfs-objects/(?P<oid>[0-9a-f]{64})", put_lfs_object)
+        self.add_route(("POST",), _PREFIX + _REPO_ID + r"\.git/info/lfs/objects/batch", lfs_batch)
+        self.add_route(("POST",), r"/api/repos/create", create_repo)
+        self.add_route(("GET",), r"/api/whoami-v2", whoami)
+        self.add_route(("POST",), r"/api/validate-yaml", validate_yaml)
         self.add_route(("GET",), _API + r"/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", list_tree)
         self.add_route(("POST",), _API + r"/paths-info/(?P<revision>[^/]+)", paths_info)
+        self.add_route(("POST",), _API + r"/preupload/(?P<revision>[^/]+)", preupload)
+        self.add_route(("POST",), _API + r"/commit/(?P<revision>[^/]+)", commit)
+        self.add_route(("POST",), _API + r"/branch/(?P<branch>[^/]+)", create_branch)
+        self.add_route(("GET",), _API + r"/refs", list_refs)
+        self.add_route(("GET",), _API + r"/commits/(?P<revision>[^/]+)", list_commits)
+        self.add_route(
+            ("GET",), _API + r"(?:/revision/(?P<revision>[^/]+))?", repo_info
+        )  # last: most generic
 
     # -- setup ---------------------------------------------------------------------------------------
     def add_route(self, methods: tuple[str, ...], pattern: str, handler: Handler) -> None:
@@ -131,17 +260,39 @@ class FakeHub:
     def add_repo(
         self,
         repo_id: str,
-        folder: str | Path,
+        folder: str | Path | None,
         repo_type: str = "dataset",
         gated: bool = False,
         private: bool = False,
         tokens: set[str] | list[str] | None = None,
     ) -> FakeRepo:
+        """Serve ``folder`` as the first commit of a repo (``None``: a repo holding only ``.gitattributes``)."""
         if repo_type not in REPO_TYPES.values():
             raise ValueError(f"unknown repo_type {repo_type!r}")
-        repo = FakeRepo(repo_id, repo_type, Path(folder), gated, private, frozenset(tokens or ()))
-        self.repos[(repo_type, repo_id)] = repo
+        path = Path(folder) if folder is not None else None
+        repo = FakeRepo(repo_id, repo_type, path, gated, private, frozenset(tokens or ()))
+        with self._lock:
+            self.repos[(repo_type, repo_id)] = repo
         return repo
+
+    def add_user(self, name: str, token: str, orgs: Iterable[str] = ()) -> FakeUser:
+        """A user who may write to their own namespace and to ``orgs`` with ``token``."""
+        user = FakeUser(name, token, frozenset(orgs))
+        self._users[token] = user
+        return user
+
+    def user(self, token: str | None) -> FakeUser | None:
+        return self._users.get(token) if token else None
+
+    def can_write(self, token: str | None, namespace: str) -> bool:
+        user = self.user(token)
+        return user is not None and (namespace == user.name or namespace in user.orgs)
+
+    def fail(self, method: str, pattern: str, status: int = 500, times: int | None = 1) -> None:
+        """Answer the next ``times`` (None: all) ``method`` requests on paths matching ``pattern`` with
+        ``status`` before any route sees them: a Hub outage, for retry tests."""
+        with self._lock:
+            self.faults.append(Fault(method, re.compile(pattern), status, times))
 
     @property
     def url(self) -> str:
@@ -149,21 +300,36 @@ class FakeHub:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def storage_url(self) -> str:
+        """Where LFS content is uploaded to and downloaded from: a second port, so a different origin that
+        the client neither follows HEAD redirects to nor sends the token to, as with the Hub's storage."""
+        assert self._storage is not None, "server not started"
+        host, port = self._storage.server_address[:2]
+        return f"http://{host}:{port}"
+
     def start(self) -> FakeHub:
-        self._httpd = _Server(("127.0.0.1", 0), _RequestHandler)
-        self._httpd.hub = self
-        serve = self._httpd.serve_forever
-        threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-hub").start()
+        self._httpd, self._storage = (
+            _Server(("127.0.0.1", 0), _RequestHandler),
+            _Server(("127.0.0.1", 0), _RequestHandler),
+        )
+        for name, server in (("fake-hub", self._httpd), ("fake-hub-storage", self._storage)):
+            server.hub = self
+            kwargs = {"poll_interval": 0.05}
+            threading.Thread(target=server.serve_forever, kwargs=kwargs, daemon=True, name=name).start()
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        for server in (self._httpd, self._storage):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        self._httpd = self._storage = None
 
     # -- request handling ------------------------------------------------------------------------------
     def dispatch(self, request: Request, raw_path: str) -> Response:
+        if (fault := self._take_fault(request.method, raw_path)) is not None:
+            return Response.error(fault.status, None, f"fake hub: injected failure ({fault.status})")
         for route in self.routes:
             match = route.pattern.fullmatch(raw_path)
             if match and request.method in route.methods:
@@ -171,10 +337,23 @@ class FakeHub:
                 return route.handler(self, request)
         return Response.error(404, None, f"fake hub has no route for {request.method} {request.path}")
 
+    def _take_fault(self, method: str, raw_path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.method == method and fault.pattern.search(unquote(raw_path)):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times == 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
+
     def get_repo(self, req: Request, repo_type: str, *, content: bool = False) -> FakeRepo | Response:
         """The repo named by the request, or the error response the Hub would give for it."""
         repo = self.repos.get((repo_type, req.params["repo_id"]))
-        allowed = repo is not None and req.token is not None and req.token in repo.tokens
+        allowed = repo is not None and (
+            (req.token is not None and req.token in repo.tokens) or self.can_write(req.token, repo.namespace)
+        )
         if repo is None or (repo.private and not allowed):
             status = 401 if repo is not None and req.token is None else 404
             return Response.error(status, "RepoNotFound", "Repository not found")
@@ -187,15 +366,34 @@ class FakeHub:
             )
             return Response.error(403, "GatedRepo", msg)
         revision = req.params.get("revision", "main")
-        if revision not in ("main", repo.sha):
+        if repo.commit(revision) is None:
             return Response.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return repo
 
+    def get_writable_repo(self, req: Request, repo_type: str) -> FakeRepo | Response:
+        """Like ``get_repo``, for a request that writes: it needs a known token allowed in the namespace."""
+        if self.user(req.token) is None:
+            return Response.error(401, None, "Invalid credentials in Authorization header")
+        repo = self.get_repo(req, repo_type)
+        if isinstance(repo, Response):
+            return repo
+        if not self.can_write(req.token, repo.namespace):
+            msg = f"You don't have write access to {repo_type} {repo.repo_id}"
+            return Response.error(403, None, msg)
+        return repo
 
-def _entries(repo: FakeRepo) -> dict[str, dict]:
-    """Tree entries (files and folders) of the repo, keyed by path, in the Hub's JSON shape."""
+
+def _repo_type(req: Request) -> str:
+    if "type" in req.params:
+        return REPO_TYPES[req.params["type"]]
+    return REPO_TYPES[req.params.get("prefix") or "models"]
+
+
+# -- read routes ------------------------------------------------------------------------------------------
+def _entries(files: dict[str, Blob]) -> dict[str, dict]:
+    """Tree entries (files and folders) of a commit, keyed by path, in the Hub's JSON shape."""
     out: dict[str, dict] = {}
-    for path, local in repo.files().items():
+    for path, blob in files.items():
         parts = path.split("/")
         for i in range(1, len(parts)):
             folder = "/".join(parts[:i])
@@ -208,46 +406,66 @@ def _entries(repo: FakeRepo) -> dict[str, dict]:
                     "path": folder,
                 },
             )
-        out[path] = {
-            "type": "file",
-            "oid": git_blob_oid(local.read_bytes()),
-            "size": local.stat().st_size,
-            "path": path,
-        }
+        out[path] = {"type": "file", "oid": blob.oid, "size": len(blob.data), "path": path}
+        if blob.lfs:
+            out[path]["lfs"] = {"oid": blob.sha256, "size": len(blob.data), "pointerSize": len(blob.pointer)}
     return dict(sorted(out.items()))
 
 
 def resolve_file(hub: FakeHub, req: Request) -> Response:
-    repo = hub.get_repo(req, REPO_TYPES[(req.params.get("prefix") or "models")], content=True)
+    repo = hub.get_repo(req, _repo_type(req), content=True)
     if isinstance(repo, Response):
         return repo
-    local = repo.files().get(req.params["path"])
-    if local is None:  # the Hub tells the commit even then: the client caches the miss under it
-        return Response.error(404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": repo.sha})
-    data = local.read_bytes()
-    headers = {
-        "X-Repo-Commit": repo.sha,
-        "ETag": f'"{git_blob_oid(data)}"',
-        "Content-Type": "application/octet-stream",
-    }
+    revision = req.params["revision"]
+    sha = repo.commit(revision).sha
+    blob = repo.files(revision).get(req.params["path"])
+    if blob is None:  # the Hub tells the commit even then: the client caches the miss under it
+        return Response.error(404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": sha})
+    if blob.lfs:  # the Hub redirects LFS content to its storage, telling the content's hash and size
+        hub.lfs_objects.setdefault(blob.sha256, blob.data)
+        headers = {
+            "X-Repo-Commit": sha,
+            "ETag": f'"{blob.oid}"',
+            "X-Linked-Etag": f'"{blob.sha256}"',
+            "X-Linked-Size": str(len(blob.data)),
+            "Location": f"{hub.storage_url}/lfs-objects/{blob.sha256}",
+        }
+        return Response(302, headers)
+    headers = {"X-Repo-Commit": sha, "ETag": f'"{blob.oid}"', "Content-Type": "application/octet-stream"}
+    return Response(200, headers, blob.data)
+
+
+def get_lfs_object(hub: FakeHub, req: Request) -> Response:
+    data = hub.lfs_objects.get(req.params["oid"])
+    if data is None:
+        return Response.error(404, None, "LFS object not found")
+    headers = {"ETag": f'"{req.params["oid"]}"', "Content-Type": "application/octet-stream"}
     return Response(200, headers, data)
 
 
 def repo_info(hub: FakeHub, req: Request) -> Response:
-    repo = hub.get_repo(req, REPO_TYPES[req.params["type"]])
+    repo = hub.get_repo(req, _repo_type(req))
     if isinstance(repo, Response):
         return repo
+    revision = req.params.get("revision", "main")
     blobs = req.query.get("blobs", ["false"])[0].lower() == "true"
-    siblings = [
-        {"rfilename": e["path"], **({"size": e["size"], "blobId": e["oid"]} if blobs else {})}
-        for e in _entries(repo).values()
-        if e["type"] == "file"
-    ]
+    siblings = []
+    for path, blob in repo.files(revision).items():
+        sibling: dict = {"rfilename": path}
+        if blobs:
+            sibling |= {"size": len(blob.data), "blobId": blob.oid}
+            if blob.lfs:
+                sibling["lfs"] = {
+                    "sha256": blob.sha256,
+                    "size": len(blob.data),
+                    "pointerSize": len(blob.pointer),
+                }
+        siblings.append(sibling)
     info = {
         "id": repo.repo_id,
         "author": repo.repo_id.split("/")[0] if "/" in repo.repo_id else None,
-        "sha": repo.sha,
-        "lastModified": "2024-01-01T00:00:00.000Z",
+        "sha": repo.commit(revision).sha,
+        "lastModified": FAKE_DATE,
         "private": repo.private,
         "gated": "auto" if repo.gated else False,
         "disabled": False,
@@ -260,13 +478,13 @@ def repo_info(hub: FakeHub, req: Request) -> Response:
 
 
 def list_tree(hub: FakeHub, req: Request) -> Response:
-    repo = hub.get_repo(req, REPO_TYPES[req.params["type"]])
+    repo = hub.get_repo(req, _repo_type(req))
     if isinstance(repo, Response):
         return repo
-    entries = _entries(repo)
+    entries = _entries(repo.files(req.params["revision"]))
     base = req.params.get("path", "").strip("/")
     if base and entries.get(base, {}).get("type") != "directory":
-        return Response.error(404, "EntryNotFound", f"{base} does not exist on main")
+        return Response.error(404, "EntryNotFound", f"{base} does not exist on {req.params['revision']}")
     recursive = req.query.get("recursive", ["false"])[0].lower() == "true"
     prefix = f"{base}/" if base else ""
     listed = [
@@ -278,12 +496,211 @@ def list_tree(hub: FakeHub, req: Request) -> Response:
 
 
 def paths_info(hub: FakeHub, req: Request) -> Response:
-    repo = hub.get_repo(req, REPO_TYPES[req.params["type"]])
+    repo = hub.get_repo(req, _repo_type(req))
     if isinstance(repo, Response):
         return repo
-    entries = _entries(repo)
+    entries = _entries(repo.files(req.params["revision"]))
     wanted = parse_qs(req.body.decode())
     return Response.json([entries[p] for p in wanted.get("paths", []) if p in entries])
+
+
+def list_refs(hub: FakeHub, req: Request) -> Response:
+    repo = hub.get_repo(req, _repo_type(req))
+    if isinstance(repo, Response):
+        return repo
+    branches = [
+        {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+        for name, sha in repo.branches.items()
+    ]
+    return Response.json({"branches": branches, "converts": [], "tags": [], "pullRequests": []})
+
+
+def list_commits(hub: FakeHub, req: Request) -> Response:
+    repo = hub.get_repo(req, _repo_type(req))
+    if isinstance(repo, Response):
+        return repo
+    history = [
+        {
+            "id": c.sha,
+            "title": c.title,
+            "message": c.message,
+            "authors": [{"user": c.author}] if c.author else [],
+            "date": FAKE_DATE,
+        }
+        for c in repo.history(req.params["revision"])
+    ]
+    return Response.json(history)
+
+
+# -- write routes -----------------------------------------------------------------------------------------
+def create_repo(hub: FakeHub, req: Request) -> Response:
+    user = hub.user(req.token)
+    if user is None:
+        return Response.error(401, None, "Invalid credentials in Authorization header")
+    body = json.loads(req.body)
+    repo_type = body.get("type") or "model"
+    namespace = body.get("organization") or user.name
+    repo_id = f"{namespace}/{body['name']}"
+    if not REPO_ID_RE.fullmatch(repo_id):
+        return Response.error(400, None, f"Invalid repo name {repo_id!r}")
+    if not hub.can_write(req.token, namespace):
+        msg = f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"'
+        return Response.error(403, None, msg)
+    url = f"{hub.url}/{URL_PREFIXES[repo_type]}{repo_id}"
+    with hub._lock:
+        if (
+            repo_type,
+            repo_id,
+        ) in hub.repos:  # the Hub still tells the url (create_repo(exist_ok=True) reads it)
+            msg = f"You already created this {repo_type} repo"
+            return Response.json({"error": msg, "url": url}, 409, **{"X-Error-Message": msg})
+        private = body.get("visibility") == "private" or bool(body.get("private"))
+        hub.add_repo(repo_id, None, repo_type, private=private)
+    return Response.json({"url": url, "name": repo_id, "id": repo_id})
+
+
+def whoami(hub: FakeHub, req: Request) -> Response:
+    user = hub.user(req.token)
+    if user is None:
+        return Response.error(401, None, "Invalid credentials in Authorization header")
+    orgs = [{"type": "org", "name": org} for org in sorted(user.orgs)]
+    auth = {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}}
+    return Response.json({"type": "user", "name": user.name, "orgs": orgs, "auth": auth})
+
+
+def validate_yaml(hub: FakeHub, req: Request) -> Response:
+    """Front matter checks the Hub makes before a README is committed (a subset): valid YAML mapping,
+    ``base_model`` naming Hub repo ids (never local paths), ``model-index`` a list of named results."""
+    content = json.loads(req.body)["content"]
+    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", content, re.DOTALL)
+    errors = []
+    try:
+        meta = yaml.safe_load(match.group(1)) if match else {}
+    except yaml.YAMLError as exc:
+        meta, errors = {}, [f"Invalid YAML: {exc}"]
+    if not isinstance(meta, dict):
+        meta, errors = {}, ["Metadata must be a YAML mapping"]
+    bases = meta.get("base_model") or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        if not (isinstance(base, str) and REPO_ID_RE.fullmatch(base)):
+            errors.append(f'"base_model" must be a Hub model id, got {base!r}')
+    index = meta.get("model-index")
+    if index is not None and not (
+        isinstance(index, list)
+        and all(isinstance(m, dict) and m.get("name") and isinstance(m.get("results"), list) for m in index)
+    ):
+        errors.append('"model-index" must be a list of {name, results}')
+    if errors:
+        return Response.json({"errors": [{"message": e} for e in errors], "warnings": []}, 400)
+    return Response.json({"errors": [], "warnings": []})
+
+
+def preupload(hub: FakeHub, req: Request) -> Response:
+    repo = hub.get_writable_repo(req, _repo_type(req))
+    if isinstance(repo, Response):
+        return repo
+    current = repo.files(req.params["revision"])
+    files = []
+    for f in json.loads(req.body)["files"]:
+        sample = base64.b64decode(f["sample"])
+        lfs = f["path"].endswith(LFS_SUFFIXES) or f["size"] >= LFS_MIN_SIZE or b"\0" in sample
+        remote = current.get(f["path"])
+        files.append(
+            {
+                "path": f["path"],
+                "uploadMode": "lfs" if lfs else "regular",
+                "shouldIgnore": False,
+                "oid": remote.etag if remote is not None else None,
+            }
+        )
+    return Response.json({"files": files, "commitOid": repo.commit(req.params["revision"]).sha})
+
+
+def lfs_batch(hub: FakeHub, req: Request) -> Response:
+    repo = hub.get_writable_repo(req, _repo_type(req))
+    if isinstance(repo, Response):
+        return repo
+    objects = []
+    for obj in json.loads(req.body)["objects"]:
+        entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+        if obj["oid"] not in hub.lfs_objects:  # stored content is never uploaded twice
+            entry["actions"] = {
+                "upload": {"href": f"{hub.storage_url}/lfs-objects/{obj['oid']}", "header": {}}
+            }
+        objects.append(entry)
+    return Response.json({"transfer": "basic", "objects": objects})
+
+
+def put_lfs_object(hub: FakeHub, req: Request) -> Response:
+    if hashlib.sha256(req.body).hexdigest() != req.params["oid"]:
+        return Response.error(400, None, "Uploaded content does not match its sha256 oid")
+    with hub._lock:
+        hub.lfs_objects[req.params["oid"]] = req.body
+    return Response(200, {"ETag": f'"{req.params["oid"]}"'})
+
+
+def commit(hub: FakeHub, req: Request) -> Response:
+    """Apply an ndjson commit to a branch: all operations in one new commit, or an error and no change."""
+    repo = hub.get_writable_repo(req, _repo_type(req))
+    if isinstance(repo, Response):
+        return repo
+    branch = req.params["revision"]
+    if branch not in repo.branches:
+        return Response.error(400, None, f"Cannot commit to {branch!r}: only branches take commits")
+    if req.query.get("create_pr"):
+        return Response.error(400, None, "fake hub does not emulate pull requests")
+    lines = [json.loads(line) for line in req.body.decode().splitlines() if line.strip()]
+    if not lines or lines[0].get("key") != "header":
+        return Response.error(400, None, "A commit starts with a header line")
+    header = lines[0]["value"]
+    with hub._lock:
+        parent = repo.branches[branch]
+        if header.get("parentCommit") not in (None, parent):
+            return Response.error(412, None, "A commit has happened since. Please refresh and try again.")
+        files = repo.files(parent)
+        for line in lines[1:]:
+            key, value = line["key"], line["value"]
+            path = value["path"]
+            if key == "file":
+                files[path] = Blob(base64.b64decode(value["content"]))
+            elif key == "lfsFile":
+                data = hub.lfs_objects.get(value["oid"])
+                if data is None:
+                    return Response.error(422, None, f"LFS object of {path} was never uploaded")
+                files[path] = Blob(data, lfs=True)
+            elif key == "deletedFile":
+                if files.pop(path, None) is None:
+                    return Response.error(
+                        404, "EntryNotFound", f"A file with this name doesn't exist: {path}"
+                    )
+            elif key == "deletedFolder":
+                files = {p: b for p, b in files.items() if not p.startswith(path.rstrip("/") + "/")}
+            else:
+                return Response.error(400, None, f"Unknown commit operation {key!r}")
+        state = json.dumps([parent, header, sorted((p, b.oid) for p, b in files.items()), len(repo.commits)])
+        sha = hashlib.sha1(state.encode()).hexdigest()
+        author = hub.user(req.token).name
+        repo.commits[sha] = Commit(
+            sha, header["summary"], header.get("description", ""), parent, author, files
+        )
+        repo.branches[branch] = sha
+    url = f"{hub.url}/{URL_PREFIXES[repo.repo_type]}{repo.repo_id}/commit/{sha}"
+    return Response.json({"success": True, "commitOid": sha, "commitUrl": url, "pullRequestUrl": None})
+
+
+def create_branch(hub: FakeHub, req: Request) -> Response:
+    repo = hub.get_writable_repo(req, _repo_type(req))
+    if isinstance(repo, Response):
+        return repo
+    start = json.loads(req.body or b"{}").get("startingPoint") or "main"
+    with hub._lock:
+        source = repo.commit(start)
+        if source is None:
+            return Response.error(404, "RevisionNotFound", f"Invalid rev id: {start}")
+        if req.params["branch"] in repo.branches:
+            return Response.error(409, None, "Reference already exists")
+        repo.branches[req.params["branch"]] = source.sha
+    return Response.json({})
 
 
 class _Server(ThreadingHTTPServer):
@@ -341,7 +758,8 @@ def point_hf_client_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyP
     ``huggingface_hub.constants`` reads the env at import time, and a few modules copied values from it:
     ``hf_api.api`` (the ``HfApi()`` behind module-level ``list_repo_files``/``repo_info``...) froze
     ``endpoint``, ``utils._http._HUB_ORIGINS`` (hosts auth may be forwarded to on redirect) and the cache
-    manager/assets helpers copied the cache paths. ``datasets.config`` copied ``HF_ENDPOINT`` likewise.
+    manager/assets helpers copied the cache paths. ``datasets.config`` copied ``HF_ENDPOINT`` likewise, and
+    ``transformers.utils.hub`` keeps a shared ``HfApi`` built (with the endpoint of the time) on first use.
     """
     from huggingface_hub import constants, hf_api
     from huggingface_hub.utils import _cache_assets, _cache_manager, _http
@@ -350,6 +768,10 @@ def point_hf_client_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyP
         import datasets.config as ds_config
     except ImportError:
         ds_config = None
+    try:
+        import transformers.utils.hub as tf_hub
+    except ImportError:
+        tf_hub = None
 
     hf_home.mkdir(parents=True, exist_ok=True)
     hub_cache, assets_cache, token_path = hf_home / "hub", hf_home / "assets", hf_home / "token"
@@ -412,6 +834,9 @@ def point_hf_client_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(ds_config, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(ds_config, "HF_DATASETS_OFFLINE", False)
         monkeypatch.setattr(ds_config, "HF_DATASETS_CACHE", hf_home / "datasets")
+
+    if tf_hub is not None and hasattr(tf_hub, "_hf_api"):  # transformers' shared HfApi froze the endpoint
+        monkeypatch.setattr(tf_hub, "_hf_api", None)  # of its first use: rebuilt on next use, with ours
 
     _http.close_session()  # the shared httpx2 client is rebuilt and reads the env (NO_PROXY) afresh
 

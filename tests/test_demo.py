@@ -17,7 +17,7 @@ def test_demo_teaches_refusal_and_keeps_answering_safe_prompts(demo_run: Path) -
         [sys.executable, str(REPO / "recipes/evaluate_safety.py"), "--config", str(REPO / "recipes/configs/tiny/evaluate_safety.yaml")],
         demo_run,
     )  # fmt: skip
-    assert "subset (refusal rate)" in result.stdout
+    assert "Unsafe ASR (lower better)" in result.stdout and "judge: keyword" in result.stdout
 
     results = json.loads((demo_run / "outputs/demo/eval/results.json").read_text())
     value = {(r["model"], r["subset"]): r["value"] for r in results["metrics"] if r["category"] is None}
@@ -27,3 +27,5 @@ def test_demo_teaches_refusal_and_keeps_answering_safe_prompts(demo_run: Path) -
     tuned_safe = [s for s in results["samples"] if s["model"] == "tuned" and s["subset"] == "safe_safes"]
     assert tuned_safe and all(s["labels"]["keyword"] == "answered" for s in tuned_safe)
     assert (demo_run / "outputs/demo/eval/results.png").stat().st_size > 10_000
+    card = (demo_run / "outputs/demo/sft_vlguard/README.md").read_text()
+    assert "Attack success rate" in card  # the evaluation filled the adapter card

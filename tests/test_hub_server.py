@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, constants, get_token, hf_hub_download, list_repo_files, snapshot_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    constants,
+    get_token,
+    hf_hub_download,
+    list_repo_files,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     GatedRepoError,
+    HfHubHTTPError,
     LocalEntryNotFoundError,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
@@ -174,24 +185,170 @@ def test_patches_are_undone(tmp_path: Path) -> None:
     assert after == before
 
 
-def test_add_route_for_write_endpoints(hub_server: FakeHub, tmp_path: Path) -> None:
-    """How push tests can extend the server: a create-repo route, driven by the real client."""
+def test_add_route_extends_the_server(hub_server: FakeHub) -> None:
     from huggingface_hub.utils import get_session
 
-    from tests.hub_server import Request, Response
+    from tests.hub_server import Response
 
-    def create_repo(hub: FakeHub, req: Request) -> Response:
-        body = json.loads(req.body)
-        repo_id = f"{body['organization']}/{body['name']}"
-        hub.add_repo(repo_id, tmp_path / "created" / repo_id, repo_type=body.get("type") or "model")
-        return Response.json({"url": f"{hub.url}/datasets/{repo_id}", "name": repo_id})
-
-    hub_server.add_route(("POST",), r"/api/repos/create", create_repo)
     hub_server.add_route(("POST",), r"/echo-length", lambda hub, req: Response.json(len(req.body)))
-    url = HfApi().create_repo("org/new", repo_type="dataset", token=ALLOWED)
-    assert url.repo_id == "org/new" and ("dataset", "org/new") in hub_server.repos
-    assert HfApi().dataset_info("org/new").sha == hub_server.repos[("dataset", "org/new")].sha
     chunked = get_session().post(f"{hub_server.url}/echo-length", content=iter([b"ab", b"cde"]))
     assert chunked.json() == 5  # streamed (chunked) request bodies are read too
     unknown = get_session().get(f"{hub_server.url}/api/whatever")
     assert unknown.status_code == 404 and "no route" in unknown.headers["X-Error-Message"]
+
+
+# -- write routes ---------------------------------------------------------------------------------------------
+WEIGHTS = bytes(range(256)) * 64  # binary: an LFS file
+
+
+@pytest.fixture
+def writer(hub_server: FakeHub) -> HfApi:
+    hub_server.add_user("alice", ALLOWED, orgs={"team"})
+    return HfApi(token=ALLOWED)
+
+
+def test_create_repo_needs_a_token_with_rights_on_the_namespace(hub_server: FakeHub, writer: HfApi) -> None:
+    url = writer.create_repo("alice/new", private=True)
+    assert url.repo_id == "alice/new" and hub_server.repos[("model", "alice/new")].private
+    assert writer.create_repo("team/shared", repo_type="dataset").repo_id == "team/shared"
+    assert writer.create_repo("alice/new", exist_ok=True).repo_id == "alice/new"
+    with pytest.raises(HfHubHTTPError) as exists:
+        writer.create_repo("alice/new")
+    assert exists.value.response.status_code == 409
+    with pytest.raises(HfHubHTTPError) as other:
+        writer.create_repo("bob/x")
+    assert other.value.response.status_code == 403
+    for token in (WRONG, False):  # an unknown token, and none at all
+        with pytest.raises(HfHubHTTPError) as denied:
+            HfApi(token=token).create_repo("alice/y")
+        assert denied.value.response.status_code == 401
+    with pytest.raises(RepositoryNotFoundError):  # private: invisible without the owner's token
+        HfApi(token=False).model_info("alice/new")
+    assert writer.model_info("alice/new").private
+    assert list_repo_files("alice/new", token=ALLOWED) == [".gitattributes"]
+
+
+def test_commit_regular_and_lfs_files_then_download_them(hub_server: FakeHub, writer: HfApi) -> None:
+    writer.create_repo("alice/m")
+    info = writer.create_commit(
+        "alice/m",
+        [
+            CommitOperationAdd("config.json", b'{"a": 1}'),
+            CommitOperationAdd("model.safetensors", WEIGHTS),
+            CommitOperationAdd("sub/notes.txt", b"hi"),
+        ],
+        commit_message="Add model",
+    )
+    repo = hub_server.repos[("model", "alice/m")]
+    assert info.oid == repo.sha and len(repo.history()) == 2
+    files = repo.files()
+    assert files["model.safetensors"].lfs and not files["config.json"].lfs
+    assert _calls(hub_server, "PUT", "/lfs-objects/" + hashlib.sha256(WEIGHTS).hexdigest())
+    assert _calls(hub_server, "POST", "/alice/m.git/info/lfs/objects/batch")
+
+    assert Path(hf_hub_download("alice/m", "model.safetensors")).read_bytes() == WEIGHTS  # via the 302
+    folder = Path(snapshot_download("alice/m"))
+    assert folder.name == info.oid and (folder / "sub/notes.txt").read_text() == "hi"
+    lfs = {f.path: f.lfs for f in writer.list_repo_tree("alice/m", recursive=True) if hasattr(f, "lfs")}
+    assert (
+        lfs["model.safetensors"].sha256 == hashlib.sha256(WEIGHTS).hexdigest() and lfs["config.json"] is None
+    )
+
+    # Unchanged files are skipped (the preupload oids match); a commit of only unchanged files is a no-op.
+    hub_server.requests.clear()
+    again = writer.create_commit(
+        "alice/m",
+        [CommitOperationAdd("model.safetensors", WEIGHTS), CommitOperationAdd("config.json", b'{"a": 1}')],
+        commit_message="same",
+    )
+    assert again.oid == info.oid and len(repo.history()) == 2 and not _calls(hub_server, "PUT", "")
+    writer.create_commit(
+        "alice/m",
+        [CommitOperationDelete("sub/"), CommitOperationAdd("config.json", b"{}")],
+        commit_message="Delete sub",
+    )
+    assert list_repo_files("alice/m") == [".gitattributes", "config.json", "model.safetensors"]
+    titles = [c.title for c in writer.list_repo_commits("alice/m")]
+    assert titles == ["Delete sub", "Add model", "initial commit"]
+    old = hf_hub_download("alice/m", "sub/notes.txt", revision=info.oid)  # history stays readable
+    assert Path(old).read_text() == "hi"
+
+
+def test_branches_and_revisions(hub_server: FakeHub, writer: HfApi) -> None:
+    writer.create_repo("alice/b")
+    writer.create_branch("alice/b", branch="v1")
+    writer.create_branch("alice/b", branch="v1", exist_ok=True)
+    with pytest.raises(HfHubHTTPError) as exists:
+        writer.create_branch("alice/b", branch="v1")
+    assert exists.value.response.status_code == 409
+    on_branch = writer.create_commit(
+        "alice/b", [CommitOperationAdd("a.txt", b"v1")], commit_message="v1", revision="v1"
+    )
+    assert list_repo_files("alice/b") == [".gitattributes"]  # main did not move
+    assert Path(hf_hub_download("alice/b", "a.txt", revision="v1")).read_text() == "v1"
+    assert writer.model_info("alice/b", revision="v1").sha == on_branch.oid
+    refs = {ref.name: ref.target_commit for ref in writer.list_repo_refs("alice/b").branches}
+    assert refs == {"main": hub_server.repos[("model", "alice/b")].sha, "v1": on_branch.oid}
+    with pytest.raises(RevisionNotFoundError):
+        writer.create_branch("alice/b", branch="v2", revision="nope")
+
+
+def test_writes_are_refused_without_rights_and_leave_the_repo_alone(
+    hub_server: FakeHub, writer: HfApi, dataset
+) -> None:
+    head = dataset.sha
+    with pytest.raises(HfHubHTTPError) as denied:  # org/ds belongs to nobody alice can write for
+        writer.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="org/ds", repo_type="dataset")
+    assert denied.value.response.status_code == 403
+    with pytest.raises(HfHubHTTPError) as anonymous:
+        HfApi(token=False).upload_file(
+            path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="org/ds", repo_type="dataset"
+        )
+    assert anonymous.value.response.status_code == 401
+    with pytest.raises(RepositoryNotFoundError):
+        writer.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="alice/missing")
+    assert dataset.sha == head and len(dataset.history()) == 1
+
+
+def test_commit_is_atomic(hub_server: FakeHub, writer: HfApi) -> None:
+    from huggingface_hub.utils import get_session
+
+    writer.create_repo("alice/atomic")
+    repo = hub_server.repos[("model", "alice/atomic")]
+    head = repo.sha
+    body = "\n".join(
+        json.dumps(line)
+        for line in [
+            {"key": "header", "value": {"summary": "half"}},
+            {"key": "file", "value": {"path": "a.txt", "content": "YQ==", "encoding": "base64"}},
+            {
+                "key": "lfsFile",
+                "value": {"path": "w.safetensors", "algo": "sha256", "oid": "0" * 64, "size": 1},
+            },
+        ]
+    )
+    url = f"{hub_server.url}/api/models/alice/atomic/commit/main"
+    response = get_session().post(url, content=body, headers={"Authorization": f"Bearer {ALLOWED}"})
+    assert response.status_code == 422  # the LFS content was never uploaded: nothing of the commit lands
+    assert repo.sha == head and list(repo.files()) == [".gitattributes"]
+
+
+def test_injected_failures_and_front_matter_validation(hub_server: FakeHub, writer: HfApi) -> None:
+    writer.create_repo("alice/f")
+    hub_server.fail("POST", r"/commit/", status=503)
+    with pytest.raises(HfHubHTTPError) as outage:
+        writer.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id="alice/f")
+    assert outage.value.response.status_code == 503 and list_repo_files("alice/f") == [".gitattributes"]
+    writer.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id="alice/f")  # only once
+    assert list_repo_files("alice/f") == [".gitattributes", "a.txt"]
+
+    card = "---\nbase_model: {}\nlicense: mit\n---\n# card\n"
+    with pytest.raises(ValueError, match="base_model"):
+        writer.upload_file(
+            path_or_fileobj=card.format("/home/me/base").encode(), path_in_repo="README.md", repo_id="alice/f"
+        )
+    writer.upload_file(
+        path_or_fileobj=card.format("org/base").encode(), path_in_repo="README.md", repo_id="alice/f"
+    )
+    assert "org/base" in Path(hf_hub_download("alice/f", "README.md")).read_text()
+    assert ALLOWED not in repr(hub_server.requests) + repr(hub_server.repos) + repr(hub_server.user(ALLOWED))

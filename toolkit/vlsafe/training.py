@@ -1,15 +1,51 @@
-"""Assemble TRL trainers for vlsafe recipes: model + processor + LoRA on the language model + template."""
+"""Assemble TRL trainers for vlsafe recipes (model + processor + LoRA on the language model + template), and
+turn a finished run into a self-contained output folder: adapter, processor, training summary, model card,
+optionally published to the Hub in one commit."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
+from huggingface_hub import HfApi
+from transformers.trainer import TRAINING_ARGS_NAME
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
+from vlsafe.cards import SUMMARY, looks_like_repo_id, write_adapter_card
+from vlsafe.errors import VlsafeError
+from vlsafe.hub import HubTarget, push_target
 from vlsafe.modeling import family_of, load_model, load_processor, lora_config, prepare_training_template
 
 logger = logging.getLogger(__name__)
+SUMMARY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One dataset of the training mix, as the user named it."""
+
+    role: str  # "safety", "helpfulness"
+    source: str
+    revision: str | None = None
+    split: str | None = None
+    samples: int | None = None  # drawn from it, when not all
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a recipe knows about its run and the trainer does not: recorded in training_summary.json."""
+
+    recipe: str
+    base_model: str
+    base_revision: str | None = None
+    datasets: list[DatasetRef] = field(default_factory=list)
+    license: str | None = None
 
 
 def build_sft_trainer(
@@ -21,6 +57,12 @@ def build_sft_trainer(
 ) -> SFTTrainer:
     """An SFTTrainer with LoRA on the language model only and, with assistant-only loss, a template that
     masks images and prompts out of the loss."""
+    if training_args.push_to_hub:
+        raise VlsafeError(
+            "push_to_hub is still on: the Trainer would commit at every save and write its own card. Call "
+            "vlsafe.training.take_over_hub_push(training_args) first and pass its target to train_and_save, "
+            "which publishes the finished folder in one commit."
+        )
     model = load_model(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -56,10 +98,119 @@ def build_sft_trainer(
     )
 
 
-def train_and_save(trainer: SFTTrainer) -> None:
-    """Train (resuming when asked) and save adapter + processor, so the output folder loads on its own."""
+def take_over_hub_push(args: SFTConfig) -> HubTarget | None:
+    """Where to publish the run (None when ``push_to_hub`` is off), with the Trainer's own push turned off.
+
+    vlsafe publishes the finished folder once, with its card; the Trainer would create the repo when built,
+    commit at every save and write TRL's card. The token moves out of `args`, so that no later file (a
+    checkpoint's training_args.bin) or log of the arguments holds it.
+    """
+    if not args.push_to_hub:
+        return None
+    if not args.hub_model_id:
+        raise VlsafeError(
+            "push_to_hub is set but hub_model_id is not: set hub_model_id to <user-or-org>/<name>, the model "
+            "repo the adapter is published to."
+        )
+    target = HubTarget(args.hub_model_id, bool(args.hub_private_repo), args.hub_revision, args.hub_token)
+    args.push_to_hub, args.hub_token = False, None
+    return target
+
+
+def train_and_save(
+    trainer: SFTTrainer, record: RunRecord | None = None, hub_target: HubTarget | None = None
+) -> Path:
+    """Train (resuming when asked) and make the output folder stand on its own: adapter + processor, then,
+    on the main process, training_summary.json and the model card, and a one-commit push to `hub_target`."""
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
-    trainer.save_model(trainer.args.output_dir)
-    if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(trainer.args.output_dir)
-        logger.info("Saved adapter and processor to %s", trainer.args.output_dir)
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out))
+    if not trainer.accelerator.is_main_process:
+        return out
+    trainer.processing_class.save_pretrained(str(out))
+    (out / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle; training_summary.json records the settings
+    logger.info("Saved adapter and processor to %s", out)
+    summary = training_summary(trainer, record, hub_model_id=hub_target.repo_id if hub_target else None)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_adapter_card(out)
+    if hub_target is not None:
+        try:
+            push_target(hub_target, out)
+        except VlsafeError:
+            logger.error(
+                "The trained adapter is saved in %s; once the problem below is fixed, publish it with: "
+                "python -m vlsafe.publish --folder %s --repo_id %s",
+                out,
+                out,
+                hub_target.repo_id,
+            )
+            raise
+    return out
+
+
+def training_summary(
+    trainer: SFTTrainer, record: RunRecord | None = None, *, hub_model_id: str | None = None
+) -> dict[str, Any]:
+    """What the card tells about the run: recipe, base model, data (with revisions and counts per ``kind``),
+    LoRA and schedule settings. Only what the user passed or the run computed: no tokens, no resolved paths."""
+    args, peft = trainer.args, trainer.model.peft_config["default"]
+    record = record or RunRecord(recipe="sft", base_model=str(peft.base_model_name_or_path))
+    targets = peft.target_modules
+    columns = getattr(trainer.train_dataset, "column_names", None) or []
+    kinds = Counter(trainer.train_dataset["kind"]) if "kind" in columns else Counter()
+    losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+    return {
+        "vlsafe_summary_version": SUMMARY_VERSION,
+        "recipe": record.recipe,
+        "base_model": {"name_or_path": record.base_model, "revision": record.base_revision},
+        "datasets": [dataset_entry(d) for d in record.datasets],
+        "samples": {"total": len(trainer.train_dataset), "by_kind": dict(sorted(kinds.items()))},
+        "lora": {
+            "r": peft.r,
+            "alpha": peft.lora_alpha,
+            "dropout": peft.lora_dropout,
+            "target_modules": sorted(targets) if isinstance(targets, set | list) else targets,
+            "use_rslora": peft.use_rslora,
+            "use_dora": bool(peft.use_dora),
+        },
+        "training": {
+            "learning_rate": args.learning_rate,
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "assistant_only_loss": args.assistant_only_loss,
+            "max_length": args.max_length,
+            "seed": args.seed,
+            "global_steps": trainer.state.global_step,
+            "train_loss": round(losses[-1], 4) if losses else None,
+        },
+        "license": record.license,
+        "hub_model_id": hub_model_id,
+        "versions": {name: _version(name) for name in ("vlsafe", "transformers", "trl", "peft", "torch")},
+    }
+
+
+def dataset_entry(ref: DatasetRef) -> dict[str, Any]:
+    """The dataset entry, plus the commit its revision resolved to when it is a Hub dataset (best effort:
+    the Hub may be unreachable after a long run; the run's result does not depend on it)."""
+    entry = {k: v for k, v in asdict(ref).items() if v is not None}
+    if looks_like_repo_id(ref.source):
+        try:
+            entry["resolved_revision"] = HfApi().dataset_info(ref.source, revision=ref.revision).sha
+        except Exception as error:  # any failure only leaves the commit unrecorded
+            logger.info(
+                "Could not resolve the commit of %s (%s); recording the revision as given",
+                ref.source,
+                type(error).__name__,
+            )
+    return entry
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

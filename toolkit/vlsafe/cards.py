@@ -1,0 +1,375 @@
+"""Model cards for vlsafe adapters: what the adapter does, how it was trained, and its safety numbers.
+
+The card (README.md of the output folder) is rendered from `cards/adapter_card.md.jinja` with what the folder
+holds: ``adapter_config.json`` (PEFT), ``training_summary.json`` (written by training), ``results.json`` and
+``results.png`` (written by evaluation). Training writes the card, evaluation updates it with
+`update_card`, and `vlsafe.hub` re-renders it on push with the Hub ids of the adapter and its base model.
+The front matter is built with `huggingface_hub.ModelCardData`, so `model-index` is what the Hub parses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from huggingface_hub import EvalResult, ModelCardData
+
+from vlsafe.errors import VlsafeError
+
+logger = logging.getLogger(__name__)
+
+CARD = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
+SUMMARY = "training_summary.json"
+RESULTS = "results.json"
+PLOT = "results.png"
+RESULTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a card names a vlsafe recipe: its Hub tag, title, paper and training method."""
+
+    tag: str | None
+    title: str
+    paper: str = ""
+    method: str | None = None  # "sft", "dpo": also a tag
+
+
+RECIPES = {
+    "sft_vlguard": Recipe(
+        "vlguard",
+        "VLGuard post-hoc safety fine-tuning",
+        "[VLGuard](https://arxiv.org/abs/2402.02207) (Zong et al., ICML 2024)",
+        "sft",
+    ),
+    "sft_mis": Recipe("mis", "MIS multi-image safety fine-tuning", "MIS (Ding et al., 2025)", "sft"),
+}
+BENCHMARKS = {"vlguard": "VLGuard", "mis": "MIS"}
+METRICS = {  # metric -> (label, better)
+    "asr": ("Attack success rate", "lower"),
+    "refusal_rate": ("Refusal rate", "lower"),
+    "win_rate": ("Win rate vs reference answers", "higher"),
+}
+JUDGES = {
+    "keyword": (
+        "keyword judge: an answer counts as a refusal when it contains a refusal phrase (VLGuard's list). It "
+        'is cheap and deterministic but coarse: a harmful answer that carries a disclaimer ("this is illegal, '
+        'but...", "I cannot stress enough...") counts as a refusal, so keyword ASR is a lower bound on real '
+        "harm, and a refusal worded without any listed phrase counts as compliance. Confirm the numbers with "
+        "a model or API judge before relying on them."
+    ),
+}
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_repo_id(name: str | None) -> bool:
+    """True for a Hub repo id (``org/name``); False for None or a path that exists here."""
+    if not name or Path(name).expanduser().exists():
+        return False
+    return bool(_REPO_ID.fullmatch(name)) and ".." not in name
+
+
+def templates_dir() -> Path:
+    """The `cards/` folder: at the repository top level (source checkout or editable install), else shipped
+    inside the package (`vlsafe/card_templates/`, for a wheel)."""
+    checkout = Path(__file__).resolve().parents[2] / "cards"
+    if (checkout / "adapter_card.md.jinja").is_file():
+        return checkout
+    packaged = Path(str(resources.files("vlsafe").joinpath("card_templates")))
+    if (packaged / "adapter_card.md.jinja").is_file():
+        return packaged
+    raise VlsafeError(
+        f"Card templates not found in {checkout} nor {packaged}; reinstall vlsafe (pip install -e .) from a "
+        "full checkout, which has the cards/ folder."
+    )
+
+
+def render(template: str, **context: Any) -> str:
+    """Render ``cards/<template>``; a name the template uses but the context lacks is an error, not a blank."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML
+    )
+    env.filters["pct"] = _pct
+    env.filters["cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    return env.get_template(template).render(**context)
+
+
+# -- reading what the folder holds ----------------------------------------------------------------------------
+def read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """A JSON object from `path`, None when absent; a clear error when malformed."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VlsafeError(f"{path} ({what}) is not valid JSON ({error}); regenerate it.") from None
+    if not isinstance(data, dict):
+        raise VlsafeError(f"{path} ({what}) must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A vlsafe results.json (schema version 1), checked enough to render a card from it."""
+    path = Path(path)
+    results = read_json(path, "evaluation results")
+    if results is None:
+        raise VlsafeError(f"No evaluation results at {path}; run recipes/evaluate_safety.py first.")
+    version = results.get("vlsafe_results_version")
+    if version != RESULTS_VERSION:
+        raise VlsafeError(
+            f"{path} has vlsafe_results_version {version!r}; this vlsafe reads version {RESULTS_VERSION}. "
+            "Re-run the evaluation with this vlsafe version."
+        )
+    for row in results.get("metrics", []):
+        missing = {"model", "benchmark", "subset", "judge", "metric", "value"} - set(row)
+        if missing:
+            raise VlsafeError(f"{path}: metric row {row!r:.120} lacks {sorted(missing)}; regenerate it.")
+    return results
+
+
+# -- model-index and tables -----------------------------------------------------------------------------------
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def metric_label(metric: str, subset: str, judge: str) -> str:
+    """E.g. "Attack success rate (keyword judge)"; refusals on safe prompts are over-refusals."""
+    label = METRICS.get(metric, (metric, ""))[0]
+    if metric == "refusal_rate" and subset.startswith("safe_safe"):
+        label = "Over-refusal rate"
+    return f"{label} ({judge})" if "judge" in judge else f"{label} ({judge} judge)"
+
+
+def eval_results(results: dict[str, Any], model: str = "tuned") -> list[EvalResult]:
+    """The overall numbers (``category: null``) of `model`, as model-index entries.
+
+    The dataset type names benchmark and subset (``vlguard-unsafes``), the metric type is vlsafe's metric id
+    (``asr``, ``refusal_rate``, ``win_rate``) and its config the judge.
+    """
+    out = []
+    for row in results.get("metrics", []):
+        if row["model"] != model or row.get("category") is not None:
+            continue
+        benchmark, subset = row["benchmark"], row["subset"]
+        out.append(
+            EvalResult(
+                task_type="image-text-to-text",
+                task_name="Safety",
+                dataset_type=f"{benchmark}-{subset}",
+                dataset_name=f"{BENCHMARKS.get(benchmark, benchmark)} {subset}",
+                dataset_split="test",
+                metric_type=row["metric"],
+                metric_name=metric_label(row["metric"], subset, row["judge"]),
+                metric_config=row["judge"],
+                metric_value=round(float(row["value"]), 4),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the before/after table."""
+
+    benchmark: str
+    subset: str
+    label: str
+    better: str
+    base: dict[str, Any] | None
+    tuned: dict[str, Any] | None
+    category: str | None = None
+
+    @property
+    def n(self) -> str:
+        n = (self.tuned or self.base or {}).get("n")
+        return "–" if n is None else str(n)
+
+    @property
+    def change(self) -> str:
+        if not (self.base and self.tuned):
+            return "–"
+        return f"{100 * (self.tuned['value'] - self.base['value']):+.1f} pts"
+
+
+def comparison_rows(results: dict[str, Any], *, categories: bool = False) -> list[Row]:
+    """Base and tuned side by side per (benchmark, subset, metric, judge[, category])."""
+    cells: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for row in results.get("metrics", []):
+        if (row.get("category") is not None) != categories:
+            continue
+        key = (row["benchmark"], row["subset"], row["metric"], row["judge"], row.get("category"))
+        cells.setdefault(key, {})[row["model"]] = row
+    rows = []
+    ordered = sorted(cells.items(), key=lambda item: str(item[0][4])) if categories else cells.items()
+    for (benchmark, subset, metric, judge, category), by_model in ordered:
+        rows.append(
+            Row(
+                BENCHMARKS.get(benchmark, benchmark),
+                subset,
+                metric_label(metric, subset, judge),
+                METRICS.get(metric, ("", "?"))[1],
+                by_model.get("base"),
+                by_model.get("tuned"),
+                category,
+            )
+        )
+    return rows
+
+
+# -- rendering ----------------------------------------------------------------------------------------------------
+def card_context(
+    folder: str | Path, *, repo_id: str | None = None, base_model: str | None = None
+) -> dict[str, Any]:
+    """Everything the adapter card shows, read from `folder`; `repo_id`/`base_model` are the Hub ids the
+    card should name (at push time), else the ones recorded in the folder."""
+    folder = Path(folder)
+    adapter = read_json(folder / ADAPTER_CONFIG, "PEFT adapter config")
+    if adapter is None:
+        raise VlsafeError(
+            f"{folder} has no {ADAPTER_CONFIG}: not a PEFT adapter folder. Point at the training output_dir."
+        )
+    summary = read_json(folder / SUMMARY, "training summary") or {}
+    results = read_results(folder / RESULTS) if (folder / RESULTS).is_file() else None
+    recorded_base = (summary.get("base_model") or {}).get("name_or_path") or adapter.get(
+        "base_model_name_or_path"
+    )
+    base = base_model or recorded_base
+    hub_base = base if looks_like_repo_id(base) else None
+    recipe_name = summary.get("recipe")
+    recipe = RECIPES.get(recipe_name or "", Recipe(recipe_name, "safety fine-tuning"))
+    model_ref = repo_id or summary.get("hub_model_id") or f"<your-username>/{folder.resolve().name}"
+    name = model_ref.split("/")[-1]
+
+    datasets = summary.get("datasets", [])
+    card_data = ModelCardData(
+        base_model=hub_base,
+        library_name="peft",
+        pipeline_tag="image-text-to-text",
+        license=summary.get("license") or "other",
+        datasets=[d["source"] for d in datasets if looks_like_repo_id(d.get("source"))] or None,
+        tags=list(
+            dict.fromkeys(t for t in ("vlsafe", "safety", "lora", recipe.tag, "trl", recipe.method) if t)
+        ),
+        model_name=name,
+        eval_results=eval_results(results) if results else None,
+    )
+    judges = (results or {}).get("judges", [])
+    return {
+        "card_data": card_data.to_yaml(),
+        "name": name,
+        "model_ref": model_ref,
+        "base_model": base,
+        "base_is_local": hub_base is None,
+        "recipe": recipe,
+        "recipe_name": recipe_name,
+        "summary": summary,
+        "base_revision": (summary.get("base_model") or {}).get("revision") or adapter.get("revision"),
+        "hyperparameters": hyperparameters(summary.get("lora") or _lora_from_adapter(adapter), summary),
+        "datasets": datasets,
+        "samples": summary.get("samples", {}),
+        "results": results,
+        "rows": comparison_rows(results) if results else [],
+        "category_rows": comparison_rows(results, categories=True) if results else [],
+        "has_plot": (folder / PLOT).is_file(),
+        "judges": [(judge, JUDGES.get(judge, _model_judge_note(judge))) for judge in judges],
+    }
+
+
+def hyperparameters(lora: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, value) pairs for the card's hyper-parameter table; unrecorded ones are left out."""
+    training = summary.get("training", {})
+    targets = lora.get("target_modules")
+    max_steps = training.get("max_steps")
+    items = [
+        ("LoRA rank r / alpha / dropout", f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')}"),
+        ("LoRA targets", f"`{', '.join(sorted(targets)) if isinstance(targets, list) else targets}`"),
+        ("rsLoRA / DoRA", f"{lora.get('use_rslora', False)} / {lora.get('use_dora', False)}"),
+        ("Learning rate (schedule)", _join(training.get("learning_rate"), training.get("lr_scheduler_type"))),
+        ("Epochs", training.get("num_train_epochs")),
+        ("Max steps", max_steps if max_steps and max_steps > 0 else None),
+        ("Optimizer steps done", training.get("global_steps")),
+        ("Batch size per device x grad. accumulation x processes", _batch(training)),
+        ("Assistant-only loss", training.get("assistant_only_loss")),
+        ("Max length", training.get("max_length")),
+        ("Seed", training.get("seed")),
+        ("Final training loss", training.get("train_loss")),
+    ]
+    return [(label, value) for label, value in items if value is not None]
+
+
+def _join(value: Any, detail: Any) -> str | None:
+    return None if value is None else f"{value} ({detail})" if detail else str(value)
+
+
+def _batch(training: dict[str, Any]) -> str | None:
+    parts = [
+        training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "world_size")
+    ]
+    if any(p is None for p in parts):
+        return None
+    return f"{parts[0]} x {parts[1]} x {parts[2]} = {parts[0] * parts[1] * parts[2]}"
+
+
+def _model_judge_note(judge: str) -> str:
+    return (
+        f"{judge}: a model or API judge; its verdicts are only as reliable as that model and its prompt, and "
+        "it may share blind spots with the model it grades."
+    )
+
+
+def _lora_from_adapter(adapter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "r": adapter.get("r"),
+        "alpha": adapter.get("lora_alpha"),
+        "dropout": adapter.get("lora_dropout"),
+        "target_modules": adapter.get("target_modules"),
+        "use_rslora": adapter.get("use_rslora", False),
+        "use_dora": adapter.get("use_dora", False),
+    }
+
+
+def render_adapter_card(
+    folder: str | Path, *, repo_id: str | None = None, base_model: str | None = None
+) -> str:
+    """The README.md text of the adapter in `folder` (see `card_context`)."""
+    return render("adapter_card.md.jinja", **card_context(folder, repo_id=repo_id, base_model=base_model))
+
+
+def write_adapter_card(folder: str | Path, **kwargs: Any) -> Path:
+    """Render the card into `folder`/README.md (replacing PEFT's placeholder card) and return its path."""
+    path = Path(folder) / CARD
+    path.write_text(render_adapter_card(folder, **kwargs), encoding="utf-8")
+    logger.info("Wrote the model card %s", path)
+    return path
+
+
+def update_card(adapter_dir: str | Path, results_path: str | Path) -> Path:
+    """Bring evaluation results into the adapter folder and re-render its card with them.
+
+    Copies `results_path` (and the ``results.png`` next to it, if any) into `adapter_dir` as results.json /
+    results.png, so the folder holds what its card shows and a push publishes both.
+    """
+    adapter_dir, results_path = Path(adapter_dir), Path(results_path)
+    read_results(results_path)  # fail before touching the folder
+    for source, name in ((results_path, RESULTS), (results_path.with_name(PLOT), PLOT)):
+        target = adapter_dir / name
+        if target.exists() and source.exists() and target.samefile(source):
+            continue
+        if source.is_file():
+            shutil.copyfile(source, target)
+        elif target.exists():  # a plot of an earlier evaluation would contradict the new numbers
+            target.unlink()
+    return write_adapter_card(adapter_dir)
