@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo space publish test lint format clean
+.PHONY: setup demo demo-dpo demo-mis space publish test lint format clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,27 @@ demo: setup
 	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
 		recipes/sft_vlguard.py --config recipes/configs/tiny/sft_vlguard.yaml
 	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml
+
+# DPO after a deliberately short SFT: on-policy preference pairs, then refusal tables of both adapters.
+demo-dpo: setup
+	$(BIN)/python -m vlsafe.fixtures --out $(DEMO)/fixtures
+	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft_vlguard.py \
+		--config recipes/configs/tiny/sft_vlguard.yaml --max_steps 12 --output_dir $(DEMO)/sft_vlguard_short
+	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
+		recipes/dpo_safety.py --config recipes/configs/tiny/dpo_safety.yaml
+	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml \
+		--adapter $(DEMO)/sft_vlguard_short --evaluate_base false --output_dir $(DEMO)/eval_sft_short
+	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml \
+		--adapter $(DEMO)/dpo_safety --evaluate_base false --output_dir $(DEMO)/eval_dpo
+
+# MIS: multi-image chain-of-thought safety on synthetic image pairs (harm only from the pair), before/after.
+demo-mis: setup
+	$(BIN)/python -m vlsafe.fixtures.mis_data --out $(DEMO)/fixtures
+	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
+		recipes/sft_mis.py --config recipes/configs/tiny/sft_mis.yaml
+	$(BIN)/python recipes/evaluate_safety.py --benchmark mis --base_model $(DEMO)/fixtures/tiny-llava-mis \
+		--adapter $(DEMO)/sft_mis --dataset $(DEMO)/fixtures/mis_test --dtype float32 --max_new_tokens 64 \
+		--output_dir $(DEMO)/eval_mis
 
 # Serve spaces/compare (base vs safety-tuned, side by side) on http://127.0.0.1:7860 with the demo model + adapter.
 space: setup

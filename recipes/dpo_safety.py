@@ -30,22 +30,41 @@ logger = logging.getLogger("vlsafe.recipes.dpo_safety")
 class DPOSafetyArguments:
     """Where the preference pairs come from."""
 
-    dataset: str = field(default=VLGUARD_REPO, metadata={"help": "VLGuard Hub id or local folder (pair source)."})
+    dataset: str = field(
+        default=VLGUARD_REPO, metadata={"help": "VLGuard Hub id or local folder (pair source)."}
+    )
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
-    preference_file: str | None = field(default=None, metadata={"help": "Import pairs from this json/jsonl instead."})
-    preference_image_root: str | None = field(default=None, metadata={"help": "Image folder of preference_file."})
-    sft_adapter: str | None = field(default=None, metadata={"help": "Continue this SFT adapter (folder or Hub id)."})
-    on_policy: bool = field(default=True, metadata={"help": "Reject the policy's own answers (else synthetic/template)."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Batch size of the on-policy generation."})
+    preference_file: str | None = field(
+        default=None, metadata={"help": "Import pairs from this json/jsonl instead."}
+    )
+    preference_image_root: str | None = field(
+        default=None, metadata={"help": "Image folder of preference_file."}
+    )
+    sft_adapter: str | None = field(
+        default=None, metadata={"help": "Continue this SFT adapter (folder or Hub id)."}
+    )
+    on_policy: bool = field(
+        default=True, metadata={"help": "Reject the policy's own answers (else synthetic/template)."}
+    )
+    generation_batch_size: int = field(
+        default=16, metadata={"help": "Batch size of the on-policy generation."}
+    )
     generation_max_new_tokens: int = field(default=128, metadata={"help": "Length cap of on-policy answers."})
     synthetic_compliance: str | None = field(
-        default=SYNTHETIC_COMPLIANCE, metadata={"help": "Rejected answer for refused harmful prompts; empty: skip them."}
+        default=SYNTHETIC_COMPLIANCE,
+        metadata={"help": "Rejected answer for refused harmful prompts; empty: skip them."},
     )
-    harmful_fraction: float | None = field(default=None, metadata={"help": "Share of pairs from harmful prompts."})
+    harmful_fraction: float | None = field(
+        default=None, metadata={"help": "Share of pairs from harmful prompts."}
+    )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
     save_pairs: str | None = field(default=None, metadata={"help": "Folder to save the pairs to (parquet)."})
-    skip_missing_images: bool = field(default=False, metadata={"help": "Skip samples with missing images (counted)."})
-    max_pixels: int | None = field(default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."})
+    skip_missing_images: bool = field(
+        default=False, metadata={"help": "Skip samples with missing images (counted)."}
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
+    )
 
 
 def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
@@ -58,7 +77,9 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
         load_in_4bit=model_args.load_in_4bit,
         trust_remote_code=training_args.trust_remote_code,
     )
-    processor = load_processor(data_args.sft_adapter or model_args.model_name_or_path, max_pixels=data_args.max_pixels)
+    processor = load_processor(
+        data_args.sft_adapter or model_args.model_name_or_path, max_pixels=data_args.max_pixels
+    )
     family = family_of(model.config.model_type)
     peft_config = None
     if data_args.sft_adapter:
@@ -77,7 +98,10 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
         )
     else:
         rows = load_vlguard(
-            data_args.dataset, "train", revision=data_args.dataset_revision, skip_missing_images=data_args.skip_missing_images
+            data_args.dataset,
+            "train",
+            revision=data_args.dataset_revision,
+            skip_missing_images=data_args.skip_missing_images,
         ).shuffle(seed=training_args.seed)
         if data_args.max_prompts:
             rows = rows.select(range(min(data_args.max_prompts, len(rows))))
@@ -100,12 +124,18 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
         logger.info("Saved %d pairs to %s", len(pairs), data_args.save_pairs)
 
     trainer = DPOTrainer(
-        model=model, args=training_args, train_dataset=pairs, processing_class=processor, peft_config=peft_config
+        model=model,
+        args=training_args,
+        train_dataset=pairs,
+        processing_class=processor,
+        peft_config=peft_config,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(policy, "peft_config", {}):
-        policy.delete_adapter("ref")  # TRL's frozen copy of the SFT adapter: the reference, not part of the result
+        policy.delete_adapter(
+            "ref"
+        )  # TRL's frozen copy of the SFT adapter: the reference, not part of the result
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)

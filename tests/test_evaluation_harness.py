@@ -226,3 +226,38 @@ def test_api_judge_end_to_end_with_agreement_and_no_key_in_results(
         "Bearer sk-test" in {k.lower(): v for k, v in seen.headers.items()}.get("authorization", "")
         for seen in stub.requests
     )
+
+
+def test_mis_evaluation_with_a_stub_judge_reports_perception(tiny_models, tmp_path: Path) -> None:
+    from vlsafe.fixtures.mis_data import MISTestSizes, write_synthetic_mis_test
+
+    data = write_synthetic_mis_test(tmp_path / "mis", sizes=MISTestSizes(easy=4, hard=2, real=2))
+    levels = iter([1, 2, 3, 1] * 10)
+
+    def responder(body: dict) -> Reply:
+        content = body["messages"][0]["content"]
+        assert sum(part["type"] == "image_url" for part in content) == 2  # the judge sees both images
+        assert "perception" in content[0]["text"]
+        return Reply(content=json.dumps({"verdict": "safe", "refusal": True, "perception": next(levels)}))
+
+    with StubServer() as stub:
+        stub.responder = responder
+        config = _config(
+            tiny_models, data, tmp_path / "out", benchmark="mis", judges=["keyword", "api"],
+            judge_api_base_url=stub.base_url, judge_api_model="judge", judge_api_key_env=None,
+        )  # fmt: skip
+        results = run_evaluation(config)
+    rows = {
+        (r["subset"], r["metric"]): r
+        for r in results["metrics"]
+        if r["judge"] == "api" and r["category"] is None
+    }
+    assert {metric for _, metric in rows} == {"asr", "rsr", "rr", "hr"}
+    assert rows["easy", "asr"]["value"] == 0.0 and rows["easy", "asr"]["n"] == 4
+    assert sum(rows["easy", m]["value"] for m in ("rsr", "rr", "hr")) == pytest.approx(1.0)
+    samples = [s for s in results["samples"] if s["subset"] == "easy"]
+    assert len(samples) == 4 and all(s["prompt"] for s in samples)
+    table = format_table(results)
+    assert "MIS-hard RSR" in table and "Keyword judge: refusal-based ASR only" not in table
+    keyword_only = _config(tiny_models, data, tmp_path / "kw", benchmark="mis", limit=1)
+    assert "Keyword judge: refusal-based ASR only" in format_table(run_evaluation(keyword_only))

@@ -1,0 +1,91 @@
+"""recipes/sft_mis.py end to end per tiny family (two images per sample), the mixing ratio, the length filter
+in the recipe, and the loss mask over two images."""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from trl import ModelConfig, SFTConfig
+
+from tests.conftest import REPO, run_checked
+
+# Session fixtures shared with test_data_mis (imported so pytest finds them; parameters reuse their names).
+from tests.test_data_mis import synthetic_mis_general, synthetic_mis_train  # noqa: F401
+from vlsafe.data.mis import load_mis_train
+from vlsafe.data.mixture import mix_with_helpfulness
+from vlsafe.data.sharegpt import load_sharegpt
+from vlsafe.fixtures import FAMILIES
+from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
+from vlsafe.training import build_sft_trainer
+
+
+def run_recipe(model: Path, mis_train: Path, general: Path, out: Path, *extra: str):
+    """The recipe as users launch it: accelerate launch + the tiny YAML config + CLI overrides."""
+    command = [
+        str(Path(sys.executable).parent / "accelerate"), "launch",
+        "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"), "--num_cpu_threads_per_process", "1",
+        str(REPO / "recipes/sft_mis.py"), "--config", str(REPO / "recipes/configs/tiny/sft_mis.yaml"),
+        "--model_name_or_path", str(model), "--dataset", str(mis_train),
+        "--general_dataset", str(general / "train.json"), "--general_ratio", "0.25",
+        "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2",
+        "--logging_steps", "1", "--warmup_steps", "0",
+        *extra,
+    ]  # fmt: skip
+    return run_checked(command, cwd=out.parent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_sft_step_on_image_pairs_per_family(
+    family: str, tiny_models, synthetic_mis_train: Path, synthetic_mis_general: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    # 24 MIS samples at ratio 0.25 draw 8 general ones; max_length cuts through the longest samples.
+    result = run_recipe(
+        tiny_models[family], synthetic_mis_train, synthetic_mis_general, out, "--max_length", "150"
+    )
+    log = result.stdout + result.stderr
+    assert "'loss'" in log and "Mixture: 24 safety + 8 helpfulness samples" in log
+    dropped = re.search(r"Left out (\d+) of 32 samples longer than max_length=150 tokens", log)
+    assert dropped and 0 < int(dropped[1]) < 32, log[-3000:]
+
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["recipe"] == "sft_mis" and summary["training"]["max_length"] == 150
+    assert summary["samples"]["total"] == 32 - int(dropped[1])
+    assert [d["role"] for d in summary["datasets"]] == ["safety", "helpfulness"]
+    assert summary["datasets"][1]["samples"] == 8
+    adapter = load_file(out / "adapter_model.safetensors")
+    language_model = MODEL_FAMILIES[family].language_model
+    assert adapter and all(f".{language_model}.layers." in name for name in adapter)
+    assert any(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_cover_exactly_the_chain_of_thought_over_two_images(
+    family: str, tiny_models, synthetic_mis_train: Path, synthetic_mis_general: Path, tmp_path: Path
+) -> None:
+    dataset = mix_with_helpfulness(
+        load_mis_train(synthetic_mis_train), load_sharegpt(synthetic_mis_general / "train.json"), 4, seed=0
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path), assistant_only_loss=True, max_length=None, use_cpu=True, report_to="none"
+    )
+    trainer = build_sft_trainer(dataset, args, ModelConfig(model_name_or_path=str(tiny_models[family])))
+    rows = [dict(dataset[i]) for i in range(4)]
+    batch = trainer.data_collator([dict(row) for row in rows])
+    tokenizer = trainer.processing_class.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids(trainer.processing_class.image_token)
+    per_image = []
+    for row, ids, labels in zip(rows, batch["input_ids"], batch["labels"], strict=True):
+        answer = row["messages"][-1]["content"][0]["text"]
+        trained = tokenizer.decode(ids[labels != -100])
+        assert "".join(trained.split()) == "".join(f"{answer}{tokenizer.eos_token}".split())
+        assert len(row["images"]) == 2 and not (labels == image_id).any()
+        per_image.append(int((ids == image_id).sum()) / 2)
+    assert all(count > 0 and count.is_integer() for count in per_image)  # both images were expanded
