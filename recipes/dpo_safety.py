@@ -21,13 +21,13 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
 from vlsafe.evaluation.generate import generate_answers
-from vlsafe.modeling import family_of, load_model, load_processor, lora_config
+from vlsafe.training import ImageDataArguments, load_for_training
 
 logger = logging.getLogger("vlsafe.recipes.dpo_safety")
 
 
 @dataclass
-class DPOSafetyArguments:
+class DPOSafetyArguments(ImageDataArguments):
     """Where the preference pairs come from."""
 
     dataset: str = field(
@@ -59,36 +59,18 @@ class DPOSafetyArguments:
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
     save_pairs: str | None = field(default=None, metadata={"help": "Folder to save the pairs to (parquet)."})
-    skip_missing_images: bool = field(
-        default=False, metadata={"help": "Skip samples with missing images (counted)."}
-    )
-    max_pixels: int | None = field(
-        default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
-    )
 
 
 def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = load_model(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-        load_in_4bit=model_args.load_in_4bit,
-        trust_remote_code=training_args.trust_remote_code,
+    model, processor, peft_config = load_for_training(
+        model_args,
+        training_args,
+        max_pixels=data_args.max_pixels,
+        processor_source=data_args.sft_adapter or None,
     )
-    processor = load_processor(
-        data_args.sft_adapter or model_args.model_name_or_path, max_pixels=data_args.max_pixels
-    )
-    family = family_of(model.config.model_type)
-    peft_config = None
-    if data_args.sft_adapter:
-        model = PeftModel.from_pretrained(model, data_args.sft_adapter, is_trainable=True)
-    else:
-        peft_config = lora_config(
-            family, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-        )  # fmt: skip
+    if data_args.sft_adapter:  # train the SFT adapter further; TRL keeps a frozen copy of it as the reference
+        model, peft_config = PeftModel.from_pretrained(model, data_args.sft_adapter, is_trainable=True), None
 
     if data_args.preference_file:
         pairs = load_preference_json(

@@ -24,11 +24,18 @@ from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.errors import DataError
 from vlsafe.modeling import load_processor
-from vlsafe.training import DatasetRef, RunRecord, build_sft_trainer, take_over_hub_push, train_and_save
+from vlsafe.training import (
+    DatasetRef,
+    ImageDataArguments,
+    RunRecord,
+    build_sft_trainer,
+    take_over_hub_push,
+    train_and_save,
+)
 
 
 @dataclass
-class MISArguments:
+class MISArguments(ImageDataArguments):
     """Where the data comes from and how it is mixed."""
 
     dataset: str = field(
@@ -56,15 +63,6 @@ class MISArguments:
     general_ratio: float = field(
         default=0.11,
         metadata={"help": "Share of general samples in the mix (MIS paper: ~500 of ~4,400, 0.11)."},
-    )
-    skip_missing_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Leave out samples whose image is missing (counted in the log) instead of failing."
-        },
-    )
-    max_pixels: int | None = field(
-        default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
     )
     license: str = field(
         default="other",

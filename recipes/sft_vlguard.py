@@ -19,11 +19,18 @@ from trl import ModelConfig, SFTConfig, TrlParser
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
-from vlsafe.training import DatasetRef, RunRecord, build_sft_trainer, take_over_hub_push, train_and_save
+from vlsafe.training import (
+    DatasetRef,
+    ImageDataArguments,
+    RunRecord,
+    build_sft_trainer,
+    take_over_hub_push,
+    train_and_save,
+)
 
 
 @dataclass
-class VLGuardArguments:
+class VLGuardArguments(ImageDataArguments):
     """Where the data comes from and how it is mixed."""
 
     dataset: str = field(default=VLGUARD_REPO, metadata={"help": "VLGuard Hub dataset id or local folder."})
@@ -49,15 +56,6 @@ class VLGuardArguments:
     helpful_samples: int | None = field(
         default=5000,
         metadata={"help": "Helpfulness samples drawn at random (VLGuard paper: 5000); None: all."},
-    )
-    skip_missing_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Leave out samples whose image is missing (counted in the log) instead of failing."
-        },
-    )
-    max_pixels: int | None = field(
-        default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
     )
     license: str = field(
         default="other",

@@ -14,8 +14,10 @@ from typing import Any
 
 from datasets import Dataset
 from huggingface_hub import HfApi
+from peft import LoraConfig
+from transformers import PreTrainedModel, ProcessorMixin
 from transformers.trainer import TRAINING_ARGS_NAME
-from trl import ModelConfig, SFTConfig, SFTTrainer
+from trl import DPOConfig, ModelConfig, SFTConfig, SFTTrainer
 
 from vlsafe.cards import SUMMARY, looks_like_repo_id, write_adapter_card
 from vlsafe.errors import VlsafeError
@@ -37,6 +39,21 @@ class DatasetRef:
     samples: int | None = None  # drawn from it, when not all
 
 
+@dataclass
+class ImageDataArguments:
+    """Options every recipe's data shares (recipes subclass this)."""
+
+    skip_missing_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out samples whose image is missing (counted in the log) instead of failing."
+        },
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
+    )
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a recipe knows about its run and the trainer does not: recorded in training_summary.json."""
@@ -46,6 +63,41 @@ class RunRecord:
     base_revision: str | None = None
     datasets: list[DatasetRef] = field(default_factory=list)
     license: str | None = None
+
+
+def load_for_training(
+    model_args: ModelConfig,
+    training_args: SFTConfig | DPOConfig,
+    *,
+    max_pixels: int | None = None,
+    processor_source: str | None = None,
+) -> tuple[PreTrainedModel, ProcessorMixin, LoraConfig]:
+    """Model, processor (from `processor_source` if given, e.g. an SFT adapter's folder) and the LoRA config
+    for its family: LoRA on the language model only."""
+    model = load_model(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        load_in_4bit=model_args.load_in_4bit,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    processor = load_processor(
+        processor_source or model_args.model_name_or_path,
+        revision=None if processor_source else model_args.model_revision,
+        max_pixels=max_pixels,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    peft_config = lora_config(
+        family_of(model.config.model_type),
+        r=model_args.lora_r,
+        alpha=model_args.lora_alpha,
+        dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+    )
+    return model, processor, peft_config
 
 
 def build_sft_trainer(
@@ -63,32 +115,9 @@ def build_sft_trainer(
             "vlsafe.training.take_over_hub_push(training_args) first and pass its target to train_and_save, "
             "which publishes the finished folder in one commit."
         )
-    model = load_model(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-        load_in_4bit=model_args.load_in_4bit,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    processor = load_processor(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        max_pixels=max_pixels,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    family = family_of(model.config.model_type)
+    model, processor, peft_config = load_for_training(model_args, training_args, max_pixels=max_pixels)
     if training_args.assistant_only_loss:
-        prepare_training_template(processor, family)
-    peft_config = lora_config(
-        family,
-        r=model_args.lora_r,
-        alpha=model_args.lora_alpha,
-        dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules,
-        use_rslora=model_args.use_rslora,
-        use_dora=model_args.use_dora,
-    )
+        prepare_training_template(processor, family_of(model.config.model_type))
     return SFTTrainer(
         model=model,
         args=training_args,
