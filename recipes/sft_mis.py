@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from vlsafe.data.length import drop_too_long
 from vlsafe.data.mis import MIS_TRAIN_REPO, load_mis_train
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.errors import DataError
-from vlsafe.modeling import load_processor
 from vlsafe.training import (
     DatasetRef,
     ImageDataArguments,
@@ -98,14 +96,6 @@ def main(data_args: MISArguments, training_args: SFTConfig, model_args: ModelCon
         )
         n_general = general_samples(len(safety), data_args.general_ratio)
     train_dataset = mix_with_helpfulness(safety, general, n_general, seed=training_args.seed)
-    # Leave out what the collator would truncate (through image tokens, or mid-answer), counted in the log.
-    processor = load_processor(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        max_pixels=data_args.max_pixels,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    train_dataset = drop_too_long(train_dataset, processor, training_args.max_length)
 
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
     trainer = build_sft_trainer(train_dataset, training_args, model_args, max_pixels=data_args.max_pixels)

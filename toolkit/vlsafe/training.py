@@ -20,6 +20,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from trl import DPOConfig, ModelConfig, SFTConfig, SFTTrainer
 
 from vlsafe.cards import SUMMARY, looks_like_repo_id, write_adapter_card
+from vlsafe.data.length import drop_too_long
 from vlsafe.errors import VlsafeError
 from vlsafe.hub import HubTarget, push_target
 from vlsafe.modeling import family_of, load_model, load_processor, lora_config, prepare_training_template
@@ -107,8 +108,8 @@ def build_sft_trainer(
     *,
     max_pixels: int | None = None,
 ) -> SFTTrainer:
-    """An SFTTrainer with LoRA on the language model only and, with assistant-only loss, a template that
-    masks images and prompts out of the loss."""
+    """An SFTTrainer with LoRA on the language model only, samples longer than `max_length` left out (counted),
+    and, with assistant-only loss, a template that masks images and prompts out of the loss."""
     if training_args.push_to_hub:
         raise VlsafeError(
             "push_to_hub is still on: the Trainer would commit at every save and write its own card. Call "
@@ -118,6 +119,8 @@ def build_sft_trainer(
     model, processor, peft_config = load_for_training(model_args, training_args, max_pixels=max_pixels)
     if training_args.assistant_only_loss:
         prepare_training_template(processor, family_of(model.config.model_type))
+    # Leave out what TRL's collator would truncate (through image tokens, or mid-answer), counted in the log.
+    train_dataset = drop_too_long(train_dataset, processor, training_args.max_length)
     return SFTTrainer(
         model=model,
         args=training_args,
