@@ -1,6 +1,6 @@
 """Generation throughput of vlsafe's engine: batched vs one prompt at a time, same model, prompts and run.
 
-    python benchmarks/generation_throughput.py [--model outputs/demo/fixtures/tiny-llava] [--prompts 48]
+    python benchmarks/generation_throughput.py [--model outputs/demo/fixtures/tiny-llava] [--prompts 192]
         [--batch_size 16] [--max_new_tokens 32] [--device cpu|cuda]
 
 Builds the tiny LLaVA and the synthetic VLGuard test prompts if no model/data is given. Prints tokens/s
@@ -38,7 +38,7 @@ def main() -> None:
     )
     parser.add_argument("--model")
     parser.add_argument("--data")
-    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=192)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +65,7 @@ def main() -> None:
         f"batch size 1:  {one_tokens / one_s:8.1f} tokens/s  {len(rows) / one_s:6.2f} prompts/s  ({one_s:.1f} s)"
     )
     print(
-        f"batch size {args.batch_size:<3}: {batch_tokens / batch_s:8.1f} tokens/s  {len(rows) / batch_s:6.2f} prompts/s  ({batch_s:.1f} s)"
+        f"batch size {args.batch_size}: {batch_tokens / batch_s:8.1f} tokens/s  {len(rows) / batch_s:6.2f} prompts/s  ({batch_s:.1f} s)"
     )
     print(f"speed-up: {one_s / batch_s:.2f}x (identical answers)")
 
