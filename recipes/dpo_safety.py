@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from peft import PeftModel
 from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
 
+from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pairs
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
 from vlsafe.evaluation.generate import generate_answers
@@ -58,7 +60,12 @@ class DPOSafetyArguments(ImageDataArguments):
         default=None, metadata={"help": "Share of pairs from harmful prompts."}
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
-    save_pairs: str | None = field(default=None, metadata={"help": "Folder to save the pairs to (parquet)."})
+    save_pairs: str | None = field(
+        default=None, metadata={"help": "Folder to save the pairs to (Hub dataset layout: parquet + card)."}
+    )
+    push_pairs: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo to publish the pairs to."}
+    )
 
 
 def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
@@ -101,9 +108,12 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
             harmful_fraction=data_args.harmful_fraction,
             seed=training_args.seed,
         )
-    if data_args.save_pairs:
-        pairs.to_parquet(f"{data_args.save_pairs}/pairs.parquet")
-        logger.info("Saved %d pairs to %s", len(pairs), data_args.save_pairs)
+    if data_args.save_pairs or data_args.push_pairs:
+        folder = data_args.save_pairs or f"{training_args.output_dir}/pairs"
+        source = data_args.preference_file or data_args.dataset
+        save_preference_pairs(pairs, folder, source=source)
+        if data_args.push_pairs and PartialState().is_main_process:
+            push_preference_pairs(folder, data_args.push_pairs, token=training_args.hub_token)
 
     trainer = DPOTrainer(
         model=model,

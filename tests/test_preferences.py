@@ -88,4 +88,33 @@ def test_one_dpo_step_per_family(family: str, tiny_models, synthetic_vlguard: Pa
     )  # fmt: skip
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and any(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)
-    assert (tmp_path / "pairs.parquet").stat().st_size > 0
+    assert (tmp_path / "data/train-00000-of-00001.parquet").stat().st_size > 0
+
+
+def test_pairs_publish_as_a_self_contained_hub_dataset(
+    synthetic_vlguard: Path, tmp_path: Path, hub_server
+) -> None:
+    from datasets import Image, List, load_dataset
+    from huggingface_hub import DatasetCard, snapshot_download
+
+    from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pairs
+
+    rows = list(load_vlguard(synthetic_vlguard, "train"))
+    pairs = build_preference_pairs(rows, [COMPLY] * len(rows))
+    folder = save_preference_pairs(
+        pairs, tmp_path / "pairs", source="synthetic VLGuard", license="apache-2.0"
+    )
+    hub_server.add_user("alice", token="hf_alice_write")
+    push_preference_pairs(folder, "alice/vlguard-pairs", token="hf_alice_write")
+
+    local = snapshot_download("alice/vlguard-pairs", repo_type="dataset", token="hf_alice_write")
+    loaded = load_dataset("parquet", data_files=f"{local}/data/*.parquet", split="train")
+    assert len(loaded) == len(pairs) and loaded[0]["chosen"] == pairs[0]["chosen"]
+    raw = loaded.cast_column("images", List(Image(decode=False)))[0]["images"][0]
+    assert raw["bytes"]  # the image travels inside the parquet file, not as a path to this machine
+    card = DatasetCard.load(Path(local) / "README.md")
+    assert card.data.license == "apache-2.0" and "dpo" in card.data.tags
+    assert "| unsafe | on_policy | 12 |" in card.text
+    assert not any(
+        "hf_alice_write" in p.read_text(errors="ignore") for p in Path(local).rglob("*") if p.is_file()
+    )

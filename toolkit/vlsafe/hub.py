@@ -84,7 +84,7 @@ def push_to_hub(
     try:
         repo_id = repo_id if "/" in repo_id else f"{api.whoami()['name']}/{repo_id}"
     except Exception as error:
-        raise _hub_error(error, repo_id, "find the user namespace for", write=True) from None
+        raise hub_error(error, repo_id, "find the user namespace for", write=True) from None
     overrides = _adapter_overrides(folder, base_model_repo, repo_id)
     _refuse_token_in_files(files, overrides, token)
     try:
@@ -92,7 +92,7 @@ def push_to_hub(
         if revision not in (None, "main"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
     except Exception as error:
-        raise _hub_error(error, repo_id, "create the repository or branch for", write=True) from None
+        raise hub_error(error, repo_id, "create the repository or branch for", write=True) from None
     message = commit_message or f"Upload {folder.name} with vlsafe"
     size = sum(path.stat().st_size for path in files.values()) / 1e6
     logger.info("Pushing %d files (%.1f MB) from %s to %s", len(files), size, folder, repo_id)
@@ -106,7 +106,7 @@ def push_to_hub(
             break
         except Exception as error:
             if not _retryable(error) or attempt == max_attempts:
-                raise _hub_error(error, repo_id, "push to", write=True, attempts=attempt) from None
+                raise hub_error(error, repo_id, "push to", write=True, attempts=attempt) from None
             wait = retry_wait * 2 ** (attempt - 1)
             logger.warning(
                 "Push to %s failed (%s), attempt %d of %d; retrying in %.0f s",
@@ -209,7 +209,7 @@ def _reason(error: BaseException) -> str:
     return f"HTTP {status}: {first}" if status else first
 
 
-def _hub_error(
+def hub_error(
     error: Exception, repo_id: str, action: str, *, write: bool = False, attempts: int | None = None
 ) -> VlsafeError:
     """One clear message per way a Hub request fails; the token is never part of it.
@@ -312,7 +312,7 @@ def adapter_folder(
                 )
             )
         except Exception as error:
-            raise _hub_error(error, str(source), "download the adapter") from None
+            raise hub_error(error, str(source), "download the adapter") from None
     if not (folder / ADAPTER_CONFIG).is_file():
         raise VlsafeError(f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter.")
     if not (folder / ADAPTER_WEIGHTS).is_file():
