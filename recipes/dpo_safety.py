@@ -23,7 +23,7 @@ from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pa
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
 from vlsafe.evaluation.generate import generate_answers
-from vlsafe.training import ImageDataArguments, load_for_training
+from vlsafe.training import ImageDataArguments, load_for_training, resume_checkpoint
 
 logger = logging.getLogger("vlsafe.recipes.dpo_safety")
 
@@ -122,7 +122,7 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
         processing_class=processor,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(policy, "peft_config", {}):
         policy.delete_adapter(

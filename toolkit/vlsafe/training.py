@@ -16,7 +16,8 @@ from datasets import Dataset
 from huggingface_hub import HfApi
 from peft import LoraConfig
 from transformers import PreTrainedModel, ProcessorMixin
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, ModelConfig, SFTConfig, SFTTrainer
 
 from vlsafe.cards import SUMMARY, looks_like_repo_id, write_adapter_card
@@ -149,12 +150,40 @@ def take_over_hub_push(args: SFTConfig) -> HubTarget | None:
     return target
 
 
+def resume_checkpoint(args: SFTConfig | DPOConfig) -> str | None:
+    """The checkpoint to resume from: the one asked for, else the newest complete one in output_dir, else None.
+
+    The Trainer writes trainer_state.json last, so a checkpoint without it was cut short by the interruption
+    and is passed over."""
+    if args.resume_from_checkpoint or not Path(args.output_dir).is_dir():
+        return args.resume_from_checkpoint
+    checkpoints = sorted(
+        (
+            path
+            for path in Path(args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+            if path.name.split("-")[-1].isdigit()
+        ),
+        key=lambda path: int(path.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        if (checkpoint / TRAINER_STATE_NAME).is_file():
+            logger.info("Resuming the interrupted run from %s", checkpoint)
+            return str(checkpoint)
+        logger.warning("Passing over %s: it was cut short (no %s)", checkpoint, TRAINER_STATE_NAME)
+    return None
+
+
 def train_and_save(
     trainer: SFTTrainer, record: RunRecord | None = None, hub_target: HubTarget | None = None
 ) -> Path:
-    """Train (resuming when asked) and make the output folder stand on its own: adapter + processor, then,
-    on the main process, training_summary.json and the model card, and a one-commit push to `hub_target`."""
-    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    """Train and make the output folder stand on its own: adapter + processor, then, on the main process,
+    training_summary.json and the model card, and a one-commit push to `hub_target`.
+
+    An interrupted run resumes: re-running the same command continues from the newest checkpoint in
+    output_dir (unless `resume_from_checkpoint` names another one); use a fresh output_dir to start over.
+    """
+    trainer.train(resume_from_checkpoint=resume_checkpoint(trainer.args))
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     if not trainer.accelerator.is_main_process:

@@ -1,0 +1,64 @@
+"""A training run killed mid-way (SIGKILL of `accelerate launch`) and restarted with the same command resumes
+from its last checkpoint and ends with the same adapter as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, run_checked
+
+
+def _command(tiny_models, vlguard: Path, helpful: Path, out: Path) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
+        str(REPO / "recipes/sft_vlguard.py"), "--config", str(REPO / "recipes/configs/tiny/sft_vlguard.yaml"),
+        "--model_name_or_path", str(tiny_models["llava"]), "--dataset", str(vlguard), "--helpful_dataset", str(helpful),
+        "--helpful_samples", "4", "--output_dir", str(out), "--max_steps", "12", "--per_device_train_batch_size", "2",
+        "--save_strategy", "steps", "--save_steps", "2", "--warmup_steps", "0", "--logging_steps", "1",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_adapter(
+    tiny_models, synthetic_vlguard, synthetic_helpful, tmp_path
+) -> None:
+    straight = tmp_path / "straight"
+    run_checked(_command(tiny_models, synthetic_vlguard, synthetic_helpful, straight), tmp_path)
+
+    interrupted = tmp_path / "interrupted"
+    command = _command(tiny_models, synthetic_vlguard, synthetic_helpful, interrupted)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not (interrupted / "checkpoint-2").is_dir():  # let it save a checkpoint, then kill everything
+        assert process.poll() is None and time.monotonic() < deadline, (
+            "the run ended or stalled before checkpoint-2"
+        )
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "adapter_model.safetensors").exists()
+    cut_short = interrupted / "checkpoint-100"  # a checkpoint whose writing the kill interrupted
+    cut_short.mkdir()
+    (cut_short / "adapter_model.safetensors").write_bytes(b"partial")
+
+    result = run_checked(command, tmp_path)  # the same command again
+    log = result.stdout + result.stderr
+    assert "Passing over" in log and "checkpoint-100" in log
+    assert "Resuming the interrupted run from" in log
+    expected, resumed = (
+        load_file(folder / "adapter_model.safetensors") for folder in (straight, interrupted)
+    )
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
