@@ -40,7 +40,9 @@ def test_killed_run_resumes_to_the_same_adapter(
         command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.monotonic() + 300
-    while not (interrupted / "checkpoint-2").is_dir():  # let it save a checkpoint, then kill everything
+    while not (
+        interrupted / "checkpoint-2" / "trainer_state.json"
+    ).is_file():  # a complete checkpoint, then kill
         assert process.poll() is None and time.monotonic() < deadline, (
             "the run ended or stalled before checkpoint-2"
         )
