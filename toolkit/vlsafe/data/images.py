@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -55,3 +56,25 @@ def require_images(paths: Sequence[Path], *, dataset: str, skip_missing: bool) -
         "Skipping samples of %d missing or unreadable images of %s (first: %s)", len(bad), dataset, first
     )
     return bad
+
+
+def drop_unreadable(
+    rows: list[dict[str, Any]],
+    paths_of: Callable[[dict[str, Any]], Sequence[str | Path]],
+    *,
+    dataset: str,
+    skip_missing: bool,
+    noun: str = "samples",
+) -> list[dict[str, Any]]:
+    """`rows` whose images (`paths_of(row)`) all load; else the error of `require_images`, or with
+    `skip_missing` the rows without a bad image, the count logged."""
+    bad = require_images(
+        [Path(p) for row in rows for p in paths_of(row)], dataset=dataset, skip_missing=skip_missing
+    )
+    if not bad:
+        return rows
+    kept = [row for row in rows if not any(Path(p) in bad for p in paths_of(row))]
+    logger.warning(
+        "%s: skipped %d of %d %s with an unusable image", dataset, len(rows) - len(kept), len(rows), noun
+    )
+    return kept

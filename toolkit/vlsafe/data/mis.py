@@ -22,7 +22,6 @@ attached to the same prompt.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -33,9 +32,9 @@ from huggingface_hub import snapshot_download
 
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import user_turn, vision_dataset
-from vlsafe.data.images import require_images, resolve_image_path
+from vlsafe.data.images import drop_unreadable, resolve_image_path
 from vlsafe.data.sharegpt import load_sharegpt
-from vlsafe.data.sources import hub_file, is_local
+from vlsafe.data.sources import hub_file, is_local, read_json_list
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def load_mis_train(
     the extracted images. Optional ``category`` / ``sub_category`` fields of a record are kept.
     """
     json_path, base = _locate_train(source, revision=revision, token=token)
-    records = _read_list(json_path)
+    records = read_json_list(json_path)
     root = _image_root(base, "train", next((_images(r)[0] for r in records if _images(r)), ""))
     dataset = load_sharegpt(json_path, image_root=root, skip_missing_images=skip_missing_images, name="mis")
     provenance = _train_provenance(records, dataset["id"])
@@ -92,7 +91,7 @@ def load_mis_test(
         raise DataError(f"MIS test has splits {TEST_SPLITS}, not {split!r}.")
     json_path, folder = _locate_test(source, split, revision=revision, token=token)
     where = json_path.name
-    rows = [_test_row(record, index, where, split) for index, record in enumerate(_read_list(json_path))]
+    rows = [_test_row(record, index, where, split) for index, record in enumerate(read_json_list(json_path))]
     _number_repeats(rows)
     if rows:
         root = _image_root(folder, split, rows[0]["images"][0])
@@ -101,17 +100,13 @@ def load_mis_test(
                 str(resolve_image_path(root, path, record=f"{row['id']!r} in {where}"))
                 for path in row["images"]
             ]
-    bad = require_images(
-        [Path(path) for row in rows for path in row["images"]],
+    rows = drop_unreadable(
+        rows,
+        lambda row: row["images"],
         dataset=f"MIS {split} ({source})",
         skip_missing=skip_missing_images,
+        noun="prompts",
     )
-    if bad:
-        before = len(rows)
-        rows = [row for row in rows if not any(Path(path) in bad for path in row["images"])]
-        logger.warning(
-            "MIS %s: skipped %d of %d prompts with an unusable image", split, before - len(rows), before
-        )
     logger.info("MIS %s: %d prompts", split, len(rows))
     return vision_dataset(rows, extra={"split": Value("string")})
 
@@ -187,16 +182,6 @@ def _image_root(base: Path, split: str, probe: str) -> Path:
         logger.info("MIS %s: images are under %s", split, subfolders[0])
         return subfolders[0]
     return base  # require_images then names the missing files
-
-
-def _read_list(path: Path) -> list[Any]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} is not valid JSON ({error}); download it again.") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path} must hold a JSON list of records, found {type(records).__name__}.")
-    return records
 
 
 def _test_row(record: Any, index: int, where: str, split: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ with the provenance columns of the source plus `chosen_source` / `rejected_sourc
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -23,7 +22,8 @@ from typing import Any
 from datasets import Dataset, Features, Image, List, Value
 
 from vlsafe.data.formats import MESSAGES_FEATURE, PROVENANCE_FEATURES, assistant_turn, user_turn
-from vlsafe.data.images import require_images, resolve_image_path
+from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.sources import read_json_list
 from vlsafe.errors import DataError
 from vlsafe.evaluation.judges.keyword import ANSWERED, REFUSED, keyword_label
 
@@ -158,15 +158,7 @@ def load_preference_json(
         "category": "category",
     } | (fields or {})
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        records = (
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-            if path.suffix == ".jsonl"
-            else json.loads(text)
-        )
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON ({error}).") from None
+    records = read_json_list(path, "preference pairs")
     root = Path(image_root) if image_root else path.parent
     pairs = []
     for index, record in enumerate(records):
@@ -196,8 +188,7 @@ def load_preference_json(
                 "rejected_source": "imported",
             }
         )
-    bad = require_images(
-        [Path(p["images"][0]) for p in pairs], dataset=str(path), skip_missing=skip_missing_images
+    pairs = drop_unreadable(
+        pairs, lambda pair: pair["images"], dataset=str(path), skip_missing=skip_missing_images
     )
-    pairs = [p for p in pairs if Path(p["images"][0]) not in bad]
     return Dataset.from_list(pairs, features=PREFERENCE_FEATURES)

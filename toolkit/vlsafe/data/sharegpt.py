@@ -8,7 +8,6 @@ root folder (LLaVA's ``--image_folder``).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from datasets import Dataset
 
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import vision_dataset
-from vlsafe.data.images import require_images, resolve_image_path
-from vlsafe.data.sources import hub_file, is_local
+from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.sources import hub_file, is_local, read_json_list
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -62,27 +61,16 @@ def load_sharegpt(
         raise DataError(
             f"{source} is a Hub dataset: pass image_root=<local folder with its images> or image_archive=<zip in the repo>."
         )
-    try:
-        records = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{json_path} is not valid JSON ({error}).") from None
-    if not isinstance(records, list):
-        raise DataError(
-            f"{json_path} must hold a JSON list of conversations, found {type(records).__name__}."
-        )
+    records = read_json_list(json_path, "conversations")
 
     rows = [_to_row(record, index, root, json_path.name, name) for index, record in enumerate(records)]
-    bad = require_images(
-        [Path(p) for row in rows for p in row["images"]],
+    rows = drop_unreadable(
+        rows,
+        lambda row: row["images"],
         dataset=f"{name} ({json_path})",
         skip_missing=skip_missing_images,
+        noun="conversations",
     )
-    if bad:
-        before = len(rows)
-        rows = [row for row in rows if not any(Path(p) in bad for p in row["images"])]
-        logger.warning(
-            "%s: skipped %d of %d conversations with an unusable image", name, before - len(rows), before
-        )
     logger.info("%s: %d conversations from %s", name, len(rows), json_path)
     return vision_dataset(rows)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
@@ -71,3 +73,17 @@ def hub_file(
 def _status(error: Exception) -> str:
     response = getattr(error, "response", None)
     return str(getattr(response, "status_code", "?"))
+
+
+def read_json_list(path: Path, what: str = "records") -> list[Any]:
+    """The list of records in a .json file (or one record per line of a .jsonl file), or a clear error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} is not valid JSON ({error}); download or regenerate it.") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path} must hold a JSON list of {what}, found {type(records).__name__}.")
+    return records

@@ -14,7 +14,6 @@ The test subsets ``unsafes``, ``safe_safes`` and ``safe_unsafes`` are those kind
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ from datasets import Dataset, Value
 
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import PROVENANCE_FEATURES, assistant_turn, user_turn, vision_dataset
-from vlsafe.data.images import require_images, resolve_image_path
-from vlsafe.data.sources import hub_file, is_local
+from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.sources import hub_file, is_local, read_json_list
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -60,27 +59,19 @@ def load_vlguard(
     if subset is not None and subset not in SUBSET_KINDS:
         raise DataError(f"Unknown VLGuard subset {subset!r}; choose one of {sorted(SUBSET_KINDS)} or None.")
     records_path, image_root = _locate(source, split, revision=revision, token=token)
-    records = _read_records(records_path)
+    records = read_json_list(records_path)
     samples = [sample for record in records for sample in _record_samples(record, records_path.name)]
     if subset is not None:
         samples = [sample for sample in samples if sample["kind"] == SUBSET_KINDS[subset]]
 
     for sample in samples:
         sample["image_path"] = resolve_image_path(image_root, sample["image_path"], record=repr(sample["id"]))
-    bad = require_images(
-        [sample["image_path"] for sample in samples],
+    samples = drop_unreadable(
+        samples,
+        lambda sample: [sample["image_path"]],
         dataset=f"VLGuard {split} ({source})",
         skip_missing=skip_missing_images,
     )
-    if bad:
-        before = len(samples)
-        samples = [sample for sample in samples if sample["image_path"] not in bad]
-        logger.warning(
-            "VLGuard %s: skipped %d of %d samples whose image is unusable",
-            split,
-            before - len(samples),
-            before,
-        )
     logger.info("VLGuard %s%s: %d samples", split, f"/{subset}" if subset else "", len(samples))
     return _to_dataset(samples, conversation=split == "train")
 
@@ -110,16 +101,6 @@ def _locate(
     extracted = extract_zip(archive)
     # The archive holds the images either under <split>/ or at its root.
     return records_path, extracted / split if (extracted / split).is_dir() else extracted
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} is not valid JSON ({error}); download it again.") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path} must hold a JSON list of records, found {type(records).__name__}.")
-    return records
 
 
 def _field(record: dict, name: str, kind: type, where: str) -> Any:
