@@ -37,7 +37,7 @@ class RecordStore:
         self.path = self.folder / f"{name}.rank{rank}.jsonl"
         if not self.path.exists():
             self.path.write_text(json.dumps({"header": self.settings}) + "\n")
-        elif not self.path.read_bytes().endswith(b"\n"):
+        elif not _ends_with_newline(self.path):
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write("\n")  # end the line an interruption cut short, so the next record starts clean
         if self.records:
@@ -70,3 +70,10 @@ class RecordStore:
         self.records[key] = record
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """Whether the file's last byte is a newline (read alone: shards can be large)."""
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
