@@ -17,11 +17,10 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from vlsafe.cards import update_card
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.harness import run_evaluation
 from vlsafe.evaluation.report import format_table, write_results
-
-logger = logging.getLogger("vlsafe.recipes.evaluate_safety")
 
 
 def main(config: EvaluationConfig) -> dict | None:
@@ -32,12 +31,7 @@ def main(config: EvaluationConfig) -> dict | None:
     path = write_results(results, config.output_dir)
     print(format_table(results))
     if config.adapter and Path(config.adapter).is_dir():
-        try:
-            from vlsafe.cards import update_card
-        except ImportError:  # cards arrive with the publishing module
-            logger.info("No card module: the adapter card is not updated")
-        else:
-            update_card(config.adapter, path)
+        update_card(config.adapter, path)
     return results
 
 
