@@ -10,8 +10,10 @@ with the real images, so image tokens count) and leaves out, with a count in the
 from __future__ import annotations
 
 import logging
+from io import BytesIO
 
-from datasets import Dataset
+from datasets import Dataset, Image, List
+from PIL import Image as PILImage
 from tqdm.auto import tqdm
 from transformers import ProcessorMixin
 from trl.data_utils import prepare_multimodal_messages
@@ -19,12 +21,39 @@ from trl.data_utils import prepare_multimodal_messages
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
+VERIFY_SAMPLES = 8  # samples counted both ways before the size-based count is trusted
 
 
 def token_lengths(
     dataset: Dataset, processor: ProcessorMixin, *, chat_template: str | None = None, batch_size: int = 32
 ) -> list[int]:
-    """Tokens of each sample's full conversation (images included) as TRL's collator would feed the model."""
+    """Tokens of each sample's full conversation (images included) as TRL's collator would feed the model.
+
+    Running the image processor on every image is most of the cost, and only the images' sizes matter for
+    the count, so vlsafe counts text tokens plus the processor's image-token count for each image's size.
+    That shortcut is checked against the full processor on the first samples and used only when they agree;
+    otherwise every sample goes through the processor.
+    """
+    probe = dataset.select(range(min(VERIFY_SAMPLES, len(dataset))))
+    exact = processed_lengths(probe, processor, chat_template=chat_template, batch_size=batch_size)
+    if not (hasattr(processor, "_get_num_multimodal_tokens") and getattr(processor, "image_token", None)):
+        logger.info(
+            "%s cannot count image tokens from sizes; running it on every sample", type(processor).__name__
+        )
+    elif size_based_lengths(probe, processor, chat_template=chat_template) == exact:
+        return size_based_lengths(dataset, processor, chat_template=chat_template)
+    else:
+        logger.info(
+            "Counting tokens from image sizes disagrees with %s; running it on every sample",
+            type(processor).__name__,
+        )
+    return processed_lengths(dataset, processor, chat_template=chat_template, batch_size=batch_size)
+
+
+def processed_lengths(
+    dataset: Dataset, processor: ProcessorMixin, *, chat_template: str | None = None, batch_size: int = 32
+) -> list[int]:
+    """Token counts from the full processor, images preprocessed: exact by construction, and slow."""
     lengths: list[int] = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="count tokens", leave=False):
         batch = dataset[start : start + batch_size]
@@ -43,6 +72,45 @@ def token_lengths(
         )
         lengths += encoded["attention_mask"].sum(dim=1).tolist()
     return lengths
+
+
+def size_based_lengths(
+    dataset: Dataset, processor: ProcessorMixin, *, chat_template: str | None = None
+) -> list[int]:
+    """Token counts from the rendered text (one placeholder token per image) plus the processor's image-token
+    count for each image's size; image files are opened for their header only."""
+    undecoded = dataset.select_columns(["messages", "images"]).cast_column(
+        "images", List(Image(decode=False))
+    )
+    placeholder = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    lengths = []
+    for row in tqdm(undecoded, desc="count tokens", leave=False):
+        images = [_open_header(image) for image in row["images"]]
+        sizes = [_decoded_size(image) for image in images]
+        for image in images:
+            image.close()
+        text = processor.apply_chat_template(
+            prepare_multimodal_messages(row["messages"], images=images),
+            chat_template=chat_template,
+            tokenize=False,
+        )
+        ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        image_tokens = 0
+        if sizes:
+            image_tokens = sum(processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
+        lengths.append(len(ids) - ids.count(placeholder) + image_tokens)
+    return lengths
+
+
+def _open_header(image: dict) -> PILImage.Image:
+    """The image, lazily opened: PIL reads the size from the header and decodes pixels only on demand."""
+    return PILImage.open(BytesIO(image["bytes"]) if image["bytes"] else image["path"])
+
+
+def _decoded_size(image: PILImage.Image) -> tuple[int, int]:
+    """(height, width) as `datasets` decodes the image: EXIF orientations 5-8 turn it by 90 degrees."""
+    turned = image.getexif().get(PILImage.ExifTags.Base.Orientation) in (5, 6, 7, 8)
+    return (image.width, image.height) if turned else (image.height, image.width)
 
 
 def drop_too_long(
