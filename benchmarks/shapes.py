@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     CLIPImageProcessor,
@@ -22,6 +23,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaProcessor,
+    PretrainedConfig,
     PreTrainedModel,
     ProcessorMixin,
     Qwen2_5_VLConfig,
@@ -65,6 +67,14 @@ def build_model(shape: str, processor: ProcessorMixin, scratch: Path, dtype: tor
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if shape == "tiny":
         return AutoModelForImageTextToText.from_pretrained(scratch / "tiny-llava", dtype=dtype).to(device)
+    with torch.device(device):
+        return AutoModelForImageTextToText.from_config(
+            model_config(shape, processor, scratch), dtype=dtype, attn_implementation="sdpa"
+        )
+
+
+def model_config(shape: str, processor: ProcessorMixin, scratch: Path) -> PretrainedConfig:
+    """The real checkpoint's architecture, with the token ids of the processor's tokenizer."""
     tokenizer = processor.tokenizer
     ids = {
         "bos_token_id": tokenizer.bos_token_id,
@@ -72,7 +82,7 @@ def build_model(shape: str, processor: ProcessorMixin, scratch: Path, dtype: tor
         "pad_token_id": tokenizer.pad_token_id,
     }
     if shape == "llava-1.5-7b":
-        config = LlavaConfig(
+        return LlavaConfig(
             vision_config=CLIPVisionConfig(
                 hidden_size=1024,
                 intermediate_size=4096,
@@ -98,37 +108,36 @@ def build_model(shape: str, processor: ProcessorMixin, scratch: Path, dtype: tor
             vision_feature_layer=-2,
             pad_token_id=tokenizer.pad_token_id,
         )
-    else:
-        tiny = AutoModelForImageTextToText.from_pretrained(scratch / "tiny-qwen2_5_vl").config
-        config = Qwen2_5_VLConfig(
-            text_config={
-                **tiny.text_config.to_dict(),
-                "hidden_size": 3584,
-                "intermediate_size": 18944,
-                "num_hidden_layers": 28,
-                "num_attention_heads": 28,
-                "num_key_value_heads": 4,
-                "vocab_size": 152064,
-                "max_position_embeddings": 128000,
-                **ids,
-            },
-            vision_config={
-                **tiny.vision_config.to_dict(),
-                "depth": 32,
-                "hidden_size": 1280,
-                "intermediate_size": 3420,
-                "num_heads": 16,
-                "out_hidden_size": 3584,
-                "window_size": 112,
-                "fullatt_block_indexes": [7, 15, 23, 31],
-            },
-            image_token_id=tiny.image_token_id,
-            video_token_id=tiny.video_token_id,
-            vision_start_token_id=tiny.vision_start_token_id,
-        )
-    with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model
+    tiny = AutoConfig.from_pretrained(scratch / "tiny-qwen2_5_vl")
+    text = {
+        k: v for k, v in tiny.text_config.to_dict().items() if k not in ("layer_types", "max_window_layers")
+    }
+    return Qwen2_5_VLConfig(
+        text_config={
+            **text,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "max_position_embeddings": 128000,
+            **ids,
+        },
+        vision_config={
+            **tiny.vision_config.to_dict(),
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "out_hidden_size": 3584,
+            "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+        },
+        image_token_id=tiny.image_token_id,
+        video_token_id=tiny.video_token_id,
+        vision_start_token_id=tiny.vision_start_token_id,
+    )
 
 
 def sentence(rng: random.Random, words: int) -> str:

@@ -21,10 +21,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, ModelConfig, SFTConfig, SFTTrainer
 
 from vlsafe.cards import SUMMARY, looks_like_repo_id, write_adapter_card
-from vlsafe.data.length import drop_too_long
+from vlsafe.data.length import drop_too_long, token_lengths
 from vlsafe.errors import VlsafeError
 from vlsafe.hub import HubTarget, push_target
 from vlsafe.modeling import family_of, load_model, load_processor, lora_config, prepare_training_template
+from vlsafe.speed import choose_and_apply
 
 logger = logging.getLogger(__name__)
 SUMMARY_VERSION = 1
@@ -53,6 +54,14 @@ class ImageDataArguments:
     )
     max_pixels: int | None = field(
         default=None, metadata={"help": "Image resolution cap (Qwen-VL processors)."}
+    )
+    auto_speed: bool = field(
+        default=True,
+        metadata={
+            "help": "Let vlsafe choose gradient checkpointing (off when the estimated peak memory fits), "
+            "micro-batch size, dataloader workers and Liger kernels for this machine, logging each choice; "
+            "false keeps those training arguments as configured."
+        },
     )
 
 
@@ -108,9 +117,11 @@ def build_sft_trainer(
     model_args: ModelConfig,
     *,
     max_pixels: int | None = None,
+    auto_speed: bool = True,
 ) -> SFTTrainer:
     """An SFTTrainer with LoRA on the language model only, samples longer than `max_length` left out (counted),
-    and, with assistant-only loss, a template that masks images and prompts out of the loss."""
+    and, with assistant-only loss, a template that masks images and prompts out of the loss. With
+    `auto_speed`, the speed settings are chosen for this machine and the data (`vlsafe.speed`)."""
     if training_args.push_to_hub:
         raise VlsafeError(
             "push_to_hub is still on: the Trainer would commit at every save and write its own card. Call "
@@ -120,8 +131,14 @@ def build_sft_trainer(
     model, processor, peft_config = load_for_training(model_args, training_args, max_pixels=max_pixels)
     if training_args.assistant_only_loss:
         prepare_training_template(processor, family_of(model.config.model_type))
+    lengths = None
+    if training_args.max_length is not None or auto_speed:
+        lengths = token_lengths(train_dataset, processor)
     # Leave out what TRL's collator would truncate (through image tokens, or mid-answer), counted in the log.
-    train_dataset = drop_too_long(train_dataset, processor, training_args.max_length)
+    train_dataset = drop_too_long(train_dataset, processor, training_args.max_length, lengths=lengths)
+    if auto_speed:
+        fitting = [n for n in lengths if training_args.max_length is None or n <= training_args.max_length]
+        choose_and_apply(training_args, model, peft_config, longest_sample=max(fitting, default=0))
     return SFTTrainer(
         model=model,
         args=training_args,

@@ -120,15 +120,18 @@ def drop_too_long(
     *,
     chat_template: str | None = None,
     batch_size: int = 32,
+    lengths: list[int] | None = None,
 ) -> Dataset:
     """`dataset` without the samples whose conversation exceeds `max_length` tokens (None: unchanged).
 
     The number left out, the longest length and their ids are logged; leaving out every sample is an error.
-    Pass the `chat_template` the trainer uses if it differs from the processor's.
+    Pass the `chat_template` the trainer uses if it differs from the processor's, and `lengths` if the
+    token counts (`token_lengths`) are already known.
     """
     if max_length is None or len(dataset) == 0:
         return dataset
-    lengths = token_lengths(dataset, processor, chat_template=chat_template, batch_size=batch_size)
+    if lengths is None:
+        lengths = token_lengths(dataset, processor, chat_template=chat_template, batch_size=batch_size)
     keep = [index for index, length in enumerate(lengths) if length <= max_length]
     if len(keep) == len(dataset):
         logger.info(
