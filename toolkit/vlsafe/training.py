@@ -129,6 +129,21 @@ def build_sft_trainer(
             "which publishes the finished folder in one commit."
         )
     model, processor, peft_config = load_for_training(model_args, training_args, max_pixels=max_pixels)
+    return assemble_sft_trainer(
+        model, processor, peft_config, train_dataset, training_args, auto_speed=auto_speed
+    )
+
+
+def assemble_sft_trainer(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    peft_config: LoraConfig,
+    train_dataset: Dataset,
+    training_args: SFTConfig,
+    *,
+    auto_speed: bool = True,
+) -> SFTTrainer:
+    """`build_sft_trainer` for a model already in memory (the benchmarks build random-weight ones)."""
     if training_args.assistant_only_loss:
         prepare_training_template(processor, family_of(model.config.model_type))
     lengths = None
