@@ -4,6 +4,7 @@ stages."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -13,8 +14,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -80,12 +83,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def space_url(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app started as `make space` starts it (python spaces/compare/app.py), configured by env vars."""
-    tmp = tmp_path_factory.mktemp("space")
+@contextlib.contextmanager
+def served_app(demo_run: Path, tmp: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The app started as `make space` starts it (python spaces/compare/app.py), configured by env vars
+    (`settings`: extra VLSAFE_* values); yields its URL and process."""
     port = free_port()
-    env = os.environ | demo_env(demo_run)
+    env = os.environ | demo_env(demo_run) | settings
     env |= {
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
@@ -110,7 +113,7 @@ def space_url(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -118,6 +121,12 @@ def space_url(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def space_url(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with served_app(demo_run, tmp_path_factory.mktemp("space")) as (url, _):
+        yield url
 
 
 def raw_call(url: str, endpoint: str, data: list) -> str:
@@ -426,3 +435,87 @@ def test_push_creates_the_space_in_one_commit_with_the_adapter_filled_in(
     with pytest.raises(push.VlsafeError, match="is a local folder"):
         push.push_space(push.PushArguments(space_id="alice/s", adapter=str(adapter)))
     assert ("space", "alice/s") not in hub_server.repos  # nothing was created for a refused push
+
+
+# -- load --------------------------------------------------------------------------------------------------
+LOAD_QUEUE_SIZE = 12
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def loaded_app(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A separate app with a small queue and short answers, for the load tests."""
+    settings = {"VLSAFE_QUEUE_SIZE": str(LOAD_QUEUE_SIZE), "VLSAFE_MAX_NEW_TOKENS": "12"}
+    with served_app(demo_run, tmp_path_factory.mktemp("space-load"), **settings) as (url, process):
+        yield url, process.pid
+
+
+@pytest.mark.slow
+def test_50_requests_from_10_clients_all_answer_with_bounded_memory(loaded_app, images: dict) -> None:
+    url, pid = loaded_app
+    Client(url, verbose=False).predict(handle_file(images["unsafe"]), UNSAFE_PROMPT, api_name="/compare")
+    warm = rss_bytes(pid)
+    peak = [warm]
+    done = threading.Event()
+
+    def watch_memory() -> None:
+        while not done.wait(0.2):
+            peak.append(rss_bytes(pid))
+
+    def client_session(index: int) -> list[tuple[str, str]]:
+        client = Client(url, verbose=False)  # one connection per simulated user
+        image, prompt = (images["unsafe"], UNSAFE_PROMPT) if index % 2 else (images["safe"], "What is shown?")
+        return [client.predict(handle_file(image), prompt, api_name="/compare") for _ in range(5)]
+
+    watcher = threading.Thread(target=watch_memory, daemon=True)
+    watcher.start()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = [pair for session in pool.map(client_session, range(10)) for pair in session]
+    done.set()
+    watcher.join()
+    # 10 users keep at most 10 requests in the queue (limit 12): every one is answered, none fails.
+    assert len(answers) == 50 and all(base.strip() and tuned.strip() for base, tuned in answers)
+    unsafe_tuned = [tuned for index, (_, tuned) in enumerate(answers) if (index // 5) % 2]
+    assert all(keyword_label(tuned) == "refused" for tuned in unsafe_tuned)
+    growth = max(peak) - warm
+    assert growth < 300 * 2**20, f"memory grew by {growth / 2**20:.0f} MiB under load"
+    print(f"50 requests from 10 clients: peak RSS {max(peak) / 2**20:.0f} MiB (+{growth / 2**20:.0f} MiB)")
+
+
+@pytest.mark.slow
+def test_a_burst_beyond_the_queue_is_turned_away_cleanly(loaded_app, images: dict) -> None:
+    """30 requests at once against a queue of 12: the excess is refused with "queue full", nothing else goes
+    wrong, and the app answers normally afterwards."""
+    url, _ = loaded_app
+    uploaded = httpx.post(
+        f"{url}gradio_api/upload", files={"files": ("u.png", images["unsafe"].read_bytes(), "image/png")}
+    ).json()[0]
+    data = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, UNSAFE_PROMPT]
+    with httpx.Client(timeout=120) as http:
+        events = [http.post(f"{url}gradio_api/call/compare", json={"data": data}).json() for _ in range(30)]
+
+        def outcome(event: dict) -> str:
+            if "Queue is full" in event.get("detail", ""):  # refused when submitted
+                return "queue full"
+            stream = http.get(f"{url}gradio_api/call/compare/{event['event_id']}").text
+            if "event: complete" in stream:
+                return "answered"
+            return "queue full" if "Queue is full" in stream or "queue_full" in stream else stream
+
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            outcomes = list(pool.map(outcome, events))
+    counts = {kind: outcomes.count(kind) for kind in set(outcomes)}
+    assert set(counts) <= {"answered", "queue full"}, counts
+    assert counts.get("answered", 0) >= LOAD_QUEUE_SIZE and counts.get("queue full", 0) >= 1, counts
+    print(f"burst of 30 against a queue of {LOAD_QUEUE_SIZE}: {counts}")
+    base, tuned = Client(url, verbose=False).predict(
+        handle_file(images["unsafe"]), UNSAFE_PROMPT, api_name="/compare"
+    )
+    assert keyword_label(tuned) == "refused"
