@@ -73,7 +73,7 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
         skip_missing_images=data_args.skip_missing_images,
     )
     helpful = None
-    if data_args.helpful_dataset:
+    if data_args.helpful_dataset and data_args.helpful_samples != 0:
         helpful = load_sharegpt(
             data_args.helpful_dataset,
             data_file=data_args.helpful_data_file,
@@ -81,8 +81,10 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
             image_archive=data_args.helpful_image_archive,
             revision=data_args.helpful_dataset_revision,
             skip_missing_images=data_args.skip_missing_images,
+            samples=data_args.helpful_samples,  # drawn before images are checked: LLaVA's json has 665k
+            seed=training_args.seed,
         )
-    train_dataset = mix_with_helpfulness(safety, helpful, data_args.helpful_samples, seed=training_args.seed)
+    train_dataset = mix_with_helpfulness(safety, helpful, None, seed=training_args.seed)
 
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
     trainer = build_sft_trainer(
@@ -98,7 +100,7 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
 def run_record(data_args: VLGuardArguments, model_args: ModelConfig) -> RunRecord:
     """The run as the card tells it: recipe, base model and datasets as the user named them."""
     datasets = [DatasetRef("safety", data_args.dataset, data_args.dataset_revision, split="train")]
-    if data_args.helpful_dataset:
+    if data_args.helpful_dataset and data_args.helpful_samples != 0:
         datasets.append(
             DatasetRef(
                 "helpfulness",

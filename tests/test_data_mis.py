@@ -180,7 +180,7 @@ def _write_test_split(folder: Path, source: Path, records: list) -> Path:
     [
         (lambda r: r.pop("question"), r"record #2 \(id 3\) in mis_easy.json: field 'question'"),
         (lambda r: r.update(image_path2=""), r"record #2 \(id 3\).*'image_path2' must be a non-empty string"),
-        (lambda r: r.update(id=[3]), r"record #2 \(id \[3\]\).*'id' must be an int or a string"),
+        (lambda r: r.update(id=[3]), r"record #2 \(id \[3\]\).*'id' must be an int or a non-empty string"),
         (
             lambda r: r.update(image_path1="/etc/passwd"),
             r"Record '3' in mis_easy.json names image '/etc/passwd'",
@@ -205,6 +205,18 @@ def test_malformed_train_record_is_named(synthetic_mis_train: Path, tmp_path: Pa
         DataError, match=r"'mis_00001' \(#1\) in mis_train.json: 1 <image> placeholders but 2"
     ):
         load_mis_train(tmp_path)
+
+
+def test_skipped_train_record_does_not_lend_its_provenance(synthetic_mis_train: Path, tmp_path: Path) -> None:
+    """Two records share an id and the first one's image is missing: the row kept is the second record's,
+    with its own category, and repeats are numbered in file order whether or not a record is skipped."""
+    records = json.loads((synthetic_mis_train / "mis_train.json").read_text())[:2]
+    records[0] |= {"category": "Hate", "image": ["gone.png", records[0]["image"][1]]}
+    records[1] |= {"id": records[0]["id"], "category": "Violent"}
+    shutil.copy(synthetic_mis_train / "images.zip", tmp_path)
+    (tmp_path / "mis_train.json").write_text(json.dumps(records))
+    dataset = load_mis_train(tmp_path, skip_missing_images=True)
+    assert (dataset["id"], dataset["category"]) == ([f"{records[0]['id']}-2"], ["Violent"])
 
 
 def test_missing_images_and_bad_arguments_are_explained(

@@ -156,3 +156,25 @@ def test_image_path_escaping_the_root_is_refused(tmp_path: Path) -> None:
     }
     with pytest.raises(DataError, match=r"'x' \(#0\).*names image '../secret.png', which points outside"):
         load_sharegpt(_write(tmp_path, [record]))
+
+
+def test_samples_are_drawn_before_images_are_checked(synthetic_helpful: Path, tmp_path: Path) -> None:
+    """A large file (LLaVA's 665k) costs only the drawn conversations: a broken image elsewhere is never read."""
+    folder = tmp_path / "helpful"
+    shutil.copytree(synthetic_helpful.parent, folder)
+    drawn = load_sharegpt(folder / synthetic_helpful.name, samples=5, seed=3)
+    assert (
+        len(drawn) == 5
+        and drawn["id"] == load_sharegpt(folder / synthetic_helpful.name, samples=5, seed=3)["id"]
+    )
+    assert drawn["id"] != load_sharegpt(folder / synthetic_helpful.name, samples=5, seed=4)["id"]
+
+    records = json.loads((folder / synthetic_helpful.name).read_text())
+    undrawn = next(r for r in records if str(r["id"]) not in drawn["id"])
+    image = undrawn["image"] if isinstance(undrawn["image"], str) else undrawn["image"][0]
+    (folder / image).write_bytes(b"not an image")
+    assert load_sharegpt(folder / synthetic_helpful.name, samples=5, seed=3)["id"] == drawn["id"]
+    with pytest.raises(DataError, match="missing or unreadable"):
+        load_sharegpt(folder / synthetic_helpful.name)
+    with pytest.raises(DataError, match=f"has only {len(records)} conversations"):
+        load_sharegpt(folder / synthetic_helpful.name, samples=len(records) + 1)

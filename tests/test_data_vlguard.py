@@ -245,7 +245,8 @@ def test_image_path_outside_the_image_folder_is_refused(synthetic_vlguard: Path,
     records[2]["image"] = "../../../etc/passwd"
     (folder / "train.json").write_text(json.dumps(records))
     with pytest.raises(
-        DataError, match=r"Record 'synthetic_train_00002' names image '../../../etc/passwd'.*outside"
+        DataError,
+        match=r"Record 'synthetic_train_00002' \(#2\) in train.json names image '../../../etc/passwd'.*outside",
     ):
         load_vlguard(folder, "train")
 

@@ -37,4 +37,11 @@ def assistant_turn(text: str) -> dict[str, Any]:
 def vision_dataset(rows: list[dict[str, Any]], extra: dict[str, Value] | None = None) -> Dataset:
     """Build the dataset with image columns decoded lazily from their paths."""
     features = {"images": List(Image()), "messages": MESSAGES_FEATURE, **PROVENANCE_FEATURES, **(extra or {})}
-    return Dataset.from_list(rows, features=Features(features))
+    return rows_dataset(rows, Features(features))
+
+
+def rows_dataset(rows: list[dict[str, Any]], features: Features) -> Dataset:
+    """`Dataset.from_list`, also for no rows (every record skipped, or an empty file), which it refuses."""
+    if not rows:
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    return Dataset.from_list(rows, features=features)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vlsafe.data.sources import short_repr
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -17,45 +21,91 @@ logger = logging.getLogger(__name__)
 def resolve_image_path(root: Path, relative: str, *, record: str) -> Path:
     """`root / relative`, refusing paths that would leave `root` (absolute or with '..'): data is untrusted."""
     parts = PurePosixPath(relative.replace("\\", "/"))
+    if not parts.parts:
+        raise DataError(
+            f"Record {record} names no image file ({short_repr(relative)}); fix or remove the record."
+        )
     if parts.is_absolute() or ".." in parts.parts or (len(relative) > 1 and relative[1] == ":"):
         raise DataError(
-            f"Record {record} names image {relative!r}, which points outside the image folder; "
+            f"Record {record} names image {short_repr(relative)}, which points outside the image folder; "
             "image paths must be relative to it. Fix or remove the record."
         )
     return root / relative
 
 
-def is_readable_image(path: Path) -> bool:
-    """True when `path` exists and PIL recognises it as an image (reads the header only)."""
+def image_problem(path: Path) -> str | None:
+    """Why `path` cannot be a training image (missing, not an image, truncated, too large), or None.
+
+    Decodes the whole image, as training will (JPEGs at reduced scale, which still reads all their data):
+    a truncated JPEG or GIF passes PIL's header-only `verify()` and would only fail mid-training. Images
+    over `PIL.Image.MAX_IMAGE_PIXELS` are refused, as decompression bombs are.
+    """
+    try:
+        if not path.is_file():
+            return "missing" if not path.exists() else "not a file"
+    except (OSError, ValueError) as error:  # e.g. a name too long for the filesystem
+        return f"cannot be opened ({getattr(error, 'strerror', None) or str(error)[:100]})"
     try:
         with Image.open(path) as image:
-            image.verify()
-        return True
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+            pixels, limit = image.width * image.height, Image.MAX_IMAGE_PIXELS
+            if limit is not None and pixels > limit:  # None: the user switched PIL's limit off
+                return _too_large(pixels)
+            image.draft(image.mode, (1, 1))
+            image.load()
+    except Image.DecompressionBombError as error:  # over twice the limit: PIL refuses to open it
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        return _too_large(declared[1] if declared else "over twice that many")
+    except UnidentifiedImageError:
+        return "not an image file (PIL cannot identify its format)"
+    except Exception as error:  # PIL's decoders raise many types on hostile bytes (OSError, SyntaxError, ...)
+        return f"not a decodable image: {type(error).__name__}: {str(error)[:100]}"
+    return None
 
 
-def unreadable_images(paths: Sequence[Path]) -> set[Path]:
-    """The subset of `paths` that are missing or not decodable images (each path checked once)."""
-    return {path for path in set(paths) if not is_readable_image(path)}
+def _too_large(pixels: object) -> str:
+    return (
+        f"too large ({pixels} pixels, over PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}; raise that "
+        "limit if you trust the data)"
+    )
 
 
-def require_images(paths: Sequence[Path], *, dataset: str, skip_missing: bool) -> set[Path]:
-    """Raise a clear error naming the first bad paths, or (``skip_missing``) return them to be skipped."""
-    bad = unreadable_images(paths)
-    if not bad:
-        return bad
-    first = ", ".join(str(path) for path in sorted(bad)[:3])
+def is_readable_image(path: Path) -> bool:
+    """True when `path` exists and decodes as an image of acceptable size (see `image_problem`)."""
+    return image_problem(path) is None
+
+
+def unreadable_images(paths: Sequence[Path]) -> dict[Path, str]:
+    """{path: problem} for those of `paths` that are missing or unusable (each path checked once)."""
+    unique = sorted(set(paths))
+    workers = min(8, os.cpu_count() or 1, max(1, len(unique) // 64))  # PIL decodes without holding the GIL
+    with ThreadPoolExecutor(workers) as pool:
+        problems = pool.map(image_problem, unique)
+    return {path: problem for path, problem in zip(unique, problems, strict=True) if problem}
+
+
+def _report(
+    bad: dict[Path, str], total: int, *, dataset: str, skip_missing: bool, records: Sequence[str] = ()
+) -> None:
+    """Raise the error naming the first bad images (and their records), or log that they are skipped."""
+    first = "; ".join(f"{short_repr(str(path), 300)}: {bad[path]}" for path in sorted(bad)[:3])
+    named = f" of records {', '.join(records[:3])}" if records else ""
     if not skip_missing:
         raise DataError(
-            f"{len(bad)} of {len(set(paths))} images of {dataset} are missing or unreadable (first: {first}). "
+            f"{len(bad)} of {total} images of {dataset} are missing or unreadable (first: {first}){named}. "
             "Check that the image archive was downloaded and extracted completely, or pass "
             "skip_missing_images=True to leave those samples out (the count is reported)."
         )
     logger.warning(
         "Skipping samples of %d missing or unreadable images of %s (first: %s)", len(bad), dataset, first
     )
-    return bad
+
+
+def require_images(paths: Sequence[Path], *, dataset: str, skip_missing: bool) -> set[Path]:
+    """Raise a clear error naming the first bad paths, or (``skip_missing``) return them to be skipped."""
+    bad = unreadable_images(paths)
+    if bad:
+        _report(bad, len(set(paths)), dataset=dataset, skip_missing=skip_missing)
+    return set(bad)
 
 
 def drop_unreadable(
@@ -66,13 +116,15 @@ def drop_unreadable(
     skip_missing: bool,
     noun: str = "samples",
 ) -> list[dict[str, Any]]:
-    """`rows` whose images (`paths_of(row)`) all load; else the error of `require_images`, or with
-    `skip_missing` the rows without a bad image, the count logged."""
-    bad = require_images(
-        [Path(p) for row in rows for p in paths_of(row)], dataset=dataset, skip_missing=skip_missing
-    )
+    """`rows` whose images (`paths_of(row)`) all load; else an error naming the first bad images and their
+    rows' ids, or with `skip_missing` the rows without a bad image, the count logged."""
+    paths = [Path(p) for row in rows for p in paths_of(row)]
+    bad = unreadable_images(paths)
     if not bad:
         return rows
+    hit = [row for row in rows if any(Path(p) in bad for p in paths_of(row))]
+    records = list(dict.fromkeys(short_repr(row.get("id")) for row in hit))
+    _report(bad, len(set(paths)), dataset=dataset, skip_missing=skip_missing, records=records)
     kept = [row for row in rows if not any(Path(p) in bad for p in paths_of(row))]
     logger.warning(
         "%s: skipped %d of %d %s with an unusable image", dataset, len(rows) - len(kept), len(rows), noun

@@ -33,8 +33,8 @@ from huggingface_hub import snapshot_download
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import user_turn, vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
-from vlsafe.data.sharegpt import load_sharegpt
-from vlsafe.data.sources import hub_file, is_local, read_json_list
+from vlsafe.data.sharegpt import ROLES, conversation_row
+from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -61,17 +61,17 @@ def load_mis_train(
     json_path, base = _locate_train(source, revision=revision, token=token)
     records = read_json_list(json_path)
     root = _image_root(base, "train", next((_images(r)[0] for r in records if _images(r)), ""))
-    dataset = load_sharegpt(json_path, image_root=root, skip_missing_images=skip_missing_images, name="mis")
-    provenance = _train_provenance(records, dataset["id"])
-    dataset = dataset.map(
-        lambda _, index: provenance[index],
-        input_columns=["id"],
-        with_indices=True,
-        features=dataset.features,
-        desc="MIS provenance",
+    rows = [_train_row(record, index, root, json_path.name) for index, record in enumerate(records)]
+    _number_repeats(rows)
+    rows = drop_unreadable(
+        rows,
+        lambda row: row["images"],
+        dataset=f"MIS train ({json_path})",
+        skip_missing=skip_missing_images,
+        noun="conversations",
     )
-    logger.info("MIS train: %d samples from %s", len(dataset), source)
-    return dataset
+    logger.info("MIS train: %d samples from %s", len(rows), source)
+    return vision_dataset(rows)
 
 
 def load_mis_test(
@@ -97,7 +97,7 @@ def load_mis_test(
         root = _image_root(folder, split, rows[0]["images"][0])
         for row in rows:
             row["images"] = [
-                str(resolve_image_path(root, path, record=f"{row['id']!r} in {where}"))
+                str(resolve_image_path(root, path, record=f"{short_repr(row['id'])} in {where}"))
                 for path in row["images"]
             ]
     rows = drop_unreadable(
@@ -175,18 +175,28 @@ def _locate_test(
 
 def _image_root(base: Path, split: str, probe: str) -> Path:
     """`base`, or its only subfolder when the archive wraps everything in one (``MIS_Train/images/...``)."""
-    if not probe or (base / probe).exists():
+    if not probe or _exists(base / probe):
         return base
     subfolders = [path for path in base.iterdir() if path.is_dir() and not path.name.startswith((".", "__"))]
-    if len(subfolders) == 1 and (subfolders[0] / probe).exists():
+    if len(subfolders) == 1 and _exists(subfolders[0] / probe):
         logger.info("MIS %s: images are under %s", split, subfolders[0])
         return subfolders[0]
     return base  # require_images then names the missing files
 
 
+def _exists(path: Path) -> bool:
+    """`path.exists()`, False for a path the filesystem cannot even look up (too long, NUL byte): data is untrusted."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _test_row(record: Any, index: int, where: str, split: str) -> dict[str, Any]:
     """One prompt row from a test record, each field checked; the error names the record."""
-    name = f"#{index}" + (f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else "")
+    name = f"#{index}" + (
+        f" (id {short_repr(record['id'])})" if isinstance(record, dict) and "id" in record else ""
+    )
 
     def field(key: str, required: bool = True) -> str | None:
         value = record.get(key)
@@ -195,13 +205,14 @@ def _test_row(record: Any, index: int, where: str, split: str) -> dict[str, Any]
         if not isinstance(value, str) or not value.strip():
             raise DataError(
                 f"Malformed MIS record {name} in {where}: field {key!r} must be a non-empty string, found "
-                f"{value!r:.80}. Fix or remove the record."
+                f"{short_repr(value)}. Fix or remove the record."
             )
         return value
 
     if not isinstance(record, dict):
         raise DataError(
-            f"Malformed MIS record #{index} in {where}: expected an object, found {record!r:.80}."
+            f"Malformed MIS record #{index} in {where}: expected an object, found {short_repr(record)}. "
+            "Fix or remove the record."
         )
     paths = [field("image_path1"), field("image_path2")]
     question = field("question")
@@ -209,7 +220,10 @@ def _test_row(record: Any, index: int, where: str, split: str) -> dict[str, Any]
     if record_id is not None and (
         not isinstance(record_id, int | str) or isinstance(record_id, bool) or record_id == ""
     ):
-        raise DataError(f"Malformed MIS record {name} in {where}: field 'id' must be an int or a string.")
+        raise DataError(
+            f"Malformed MIS record {name} in {where}: field 'id' must be an int or a non-empty string. "
+            "Fix or remove the record."
+        )
     return {
         "images": paths,
         "messages": [user_turn(question, images=2)],
@@ -232,29 +246,24 @@ def _number_repeats(rows: list[dict[str, Any]]) -> None:
             row["id"] = f"{row['id']}-{seen[row['id']]}"
 
 
-def _train_provenance(records: list[dict[str, Any]], row_ids: list[str]) -> list[dict[str, Any]]:
-    """Provenance per loaded row. `load_sharegpt` keeps record order (minus skipped records) and ids each row
-    by the record's ``id`` or its position, which is how rows are matched back to their records here."""
-    remaining = iter(enumerate(records))
-    provenance = []
-    for row_id in row_ids:
-        index, record = next((i, r) for i, r in remaining if str(r.get("id", i)) == row_id)
-        if "id" in record:
-            sample_id = str(record["id"])
-        else:
-            question = next(
-                turn["value"] for turn in record["conversations"] if turn["from"] in ("human", "user")
+def _train_row(record: Any, index: int, root: Path, where: str) -> dict[str, Any]:
+    """One conversation row (checked by `conversation_row`) with MIS provenance: the record's id, else a
+    content id from its images and first human turn; its optional ``category`` / ``sub_category``."""
+    row = conversation_row(record, index, root, where, "mis")
+    label = f"{short_repr(record.get('id', index))} (#{index}) in {where}"
+    question = next((t["value"] for t in record["conversations"] if ROLES[t["from"]] == "user"), None)
+    if question is None:
+        raise DataError(f"Malformed conversation {label}: no human turn with the question. Fix or remove it.")
+    for key in ("category", "sub_category"):
+        if not isinstance(record.get(key), str | None):
+            raise DataError(
+                f"Malformed conversation {label}: field {key!r} must be a string or absent, found "
+                f"{short_repr(record[key])}. Fix or remove it."
             )
-            sample_id = derived_id("train", _images(record), question)
-        provenance.append(
-            {
-                "source": "mis",
-                "id": sample_id,
-                "kind": "unsafe",
-                "safe": False,
-                "category": record.get("category"),
-                "subcategory": record.get("sub_category"),
-            }
-        )
-    _number_repeats(provenance)
-    return provenance
+    return row | {
+        "id": row["id"] if "id" in record else derived_id("train", _images(record), question),
+        "kind": "unsafe",
+        "safe": False,
+        "category": record.get("category"),
+        "subcategory": record.get("sub_category"),
+    }

@@ -21,9 +21,15 @@ from typing import Any
 
 from datasets import Dataset, Features, Image, List, Value
 
-from vlsafe.data.formats import MESSAGES_FEATURE, PROVENANCE_FEATURES, assistant_turn, user_turn
+from vlsafe.data.formats import (
+    MESSAGES_FEATURE,
+    PROVENANCE_FEATURES,
+    assistant_turn,
+    rows_dataset,
+    user_turn,
+)
 from vlsafe.data.images import drop_unreadable, resolve_image_path
-from vlsafe.data.sources import read_json_list
+from vlsafe.data.sources import read_json_list, short_repr
 from vlsafe.errors import DataError
 from vlsafe.evaluation.judges.keyword import ANSWERED, REFUSED, keyword_label
 
@@ -114,7 +120,7 @@ def build_preference_pairs(
         len(pairs),
         ", ".join(f"{k}/{s}: {n}" for (k, s), n in sorted(counts.items())),
     )
-    return Dataset.from_list(pairs, features=PREFERENCE_FEATURES)
+    return rows_dataset(pairs, PREFERENCE_FEATURES)
 
 
 def _resample(pairs: list[dict], harmful_fraction: float, seed: int) -> list[dict]:
@@ -162,6 +168,11 @@ def load_preference_json(
     root = Path(image_root) if image_root else path.parent
     pairs = []
     for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(
+                f"Preference record #{index} in {path} is not an object (found {short_repr(record)}); fix or "
+                "remove it."
+            )
         missing = [
             fields[key]
             for key in ("image", "question", "chosen", "rejected")
@@ -171,18 +182,30 @@ def load_preference_json(
             raise DataError(
                 f"Preference record #{index} in {path} lacks string field(s) {missing}; fix it or map `fields`."
             )
-        record_id = str(record.get(fields["id"], f"{path.stem}-{index}"))
+        record_id = record.get(fields["id"], f"{path.stem}-{index}")
+        category = record.get(fields["category"])
+        if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
+            raise DataError(
+                f"Preference record #{index} in {path}: field {fields['id']!r} must be a non-empty string or an "
+                f"int, found {short_repr(record_id)}; fix it or map `fields`."
+            )
+        if not isinstance(category, str | None):
+            raise DataError(
+                f"Preference record #{index} in {path}: field {fields['category']!r} must be a string or "
+                f"absent, found {short_repr(category)}; fix it or map `fields`."
+            )
+        label = f"{short_repr(record_id)} (#{index}) in {path.name}"
         pairs.append(
             {
-                "images": [str(resolve_image_path(root, record[fields["image"]], record=repr(record_id)))],
+                "images": [str(resolve_image_path(root, record[fields["image"]], record=label))],
                 "prompt": [user_turn(record[fields["question"]])],
                 "chosen": [assistant_turn(record[fields["chosen"]])],
                 "rejected": [assistant_turn(record[fields["rejected"]])],
                 "source": name,
-                "id": record_id,
+                "id": str(record_id),
                 "kind": "imported",
                 "safe": None,
-                "category": record.get(fields["category"]),
+                "category": category,
                 "subcategory": None,
                 "chosen_source": "imported",
                 "rejected_source": "imported",
@@ -191,4 +214,4 @@ def load_preference_json(
     pairs = drop_unreadable(
         pairs, lambda pair: pair["images"], dataset=str(path), skip_missing=skip_missing_images
     )
-    return Dataset.from_list(pairs, features=PREFERENCE_FEATURES)
+    return rows_dataset(pairs, PREFERENCE_FEATURES)

@@ -9,6 +9,7 @@ root folder (LLaVA's ``--image_folder``).
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from datasets import Dataset
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
-from vlsafe.data.sources import hub_file, is_local, read_json_list
+from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,17 @@ def load_sharegpt(
     token: str | bool | None = None,
     skip_missing_images: bool = False,
     name: str = "sharegpt",
+    samples: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """Load LLaVA/ShareGPT conversations as a TRL vision dataset with provenance (kind ``helpful``).
 
     `source` is a local json file, a local folder (with `data_file` in it), or a Hub dataset id (with
     `data_file` the json's name in the repo). Images are looked up under `image_root` (default: the
     json's folder), or under the extraction of `image_archive` (a zip in the same folder or Hub repo).
+    `samples` draws that many conversations at random (seeded by `seed`) before their images are checked:
+    every image is decoded in full, so a 665k-conversation file costs only the drawn ones. Asking for more
+    than the file holds is an error, not a silent cap.
     """
     json_path, default_root = _locate_json(source, data_file, revision=revision, token=token)
     if image_archive is not None:
@@ -63,7 +69,16 @@ def load_sharegpt(
         )
     records = read_json_list(json_path, "conversations")
 
-    rows = [_to_row(record, index, root, json_path.name, name) for index, record in enumerate(records)]
+    rows = [
+        conversation_row(record, index, root, json_path.name, name) for index, record in enumerate(records)
+    ]
+    if samples is not None:
+        if samples > len(rows):
+            raise DataError(
+                f"Asked for {samples} samples of {json_path.name}, which has only {len(rows)} conversations; "
+                "lower the number or point at a larger dataset."
+            )
+        rows = random.Random(seed).sample(rows, samples)
     rows = drop_unreadable(
         rows,
         lambda row: row["images"],
@@ -90,33 +105,36 @@ def _locate_json(source: str | Path, data_file: str | None, *, revision, token) 
     return hub_file(str(source), data_file, revision=revision, token=token), None
 
 
-def _to_row(record: Any, index: int, root: Path, where: str, name: str) -> dict[str, Any]:
-    """Convert one conversation, checking that `<image>` placeholders and images agree."""
-    record_id = str(record.get("id", index)) if isinstance(record, dict) else str(index)
+def conversation_row(record: Any, index: int, root: Path, where: str, name: str) -> dict[str, Any]:
+    """One conversation as a row (images resolved under `root`), checking that `<image>` placeholders and
+    images agree; a malformed record raises a `DataError` naming its id, its #index and the file `where`."""
+    record_id = record.get("id", index) if isinstance(record, dict) else index
+    label = f"{short_repr(record_id)} (#{index}) in {where}"
 
     def fail(problem: str) -> DataError:
-        return DataError(
-            f"Malformed conversation {record_id!r} (#{index}) in {where}: {problem}. Fix or remove it."
-        )
+        return DataError(f"Malformed conversation {label}: {problem}. Fix or remove it.")
 
     if not isinstance(record, dict):
-        raise fail(f"expected an object, found {record!r:.80}")
+        raise fail(f"expected an object, found {short_repr(record)}")
+    if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
+        raise fail(f"field 'id' must be a non-empty string or an int, found {short_repr(record_id)}")
     images = record.get("image", [])
     images = [images] if isinstance(images, str) else images
     if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-        raise fail(f"field 'image' must be a path or a list of paths, found {record.get('image')!r:.80}")
+        raise fail(
+            f"field 'image' must be a path or a list of paths, found {short_repr(record.get('image'))}"
+        )
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise fail("field 'conversations' must be a non-empty list")
     messages, placeholders = [], 0
     for turn in turns:
-        if (
-            not isinstance(turn, dict)
-            or turn.get("from") not in ROLES
-            or not isinstance(turn.get("value"), str)
-        ):
-            raise fail(f"each turn needs 'from' in {sorted(ROLES)} and a string 'value', found {turn!r:.80}")
-        role = ROLES[turn["from"]]
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        if not isinstance(speaker, str) or speaker not in ROLES or not isinstance(turn.get("value"), str):
+            raise fail(
+                f"each turn needs 'from' in {sorted(ROLES)} and a string 'value', found {short_repr(turn)}"
+            )
+        role = ROLES[speaker]
         pieces = turn["value"].split(IMAGE_PLACEHOLDER)
         if role != "user" and len(pieces) > 1:
             raise fail(f"an {IMAGE_PLACEHOLDER} placeholder outside a human turn")
@@ -133,13 +151,10 @@ def _to_row(record: Any, index: int, root: Path, where: str, name: str) -> dict[
     if not any(message["role"] == "assistant" for message in messages):
         raise fail("no gpt/assistant turn to learn from")
     return {
-        "images": [
-            str(resolve_image_path(root, path, record=f"{record_id!r} (#{index}) in {where}"))
-            for path in images
-        ],
+        "images": [str(resolve_image_path(root, path, record=label)) for path in images],
         "messages": messages,
         "source": name,
-        "id": record_id,
+        "id": str(record_id),
         "kind": "helpful",
         "safe": True,
         "category": None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +77,83 @@ def _status(error: Exception) -> str:
     return str(getattr(response, "status_code", "?"))
 
 
+# Bounded reprs of untrusted values: long strings, and deep or wide nesting, are cut.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 4, 4
+
+# A \uD800-\uDFFF escape. JSON allows one alone, but a lone surrogate cannot be encoded as UTF-8, so Arrow
+# (the dataset) and the content ids of MIS could not take the text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """The repr of an untrusted value for an error message, at most about `limit` characters of a string
+    (the rest marked by '...') and a few levels and items of a list or object."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    return _SHORT.repr(value)
+
+
 def read_json_list(path: Path, what: str = "records") -> list[Any]:
-    """The list of records in a .json file (or one record per line of a .jsonl file), or a clear error."""
+    """The list of records in a .json file (or one record per line of a .jsonl file), or a clear error.
+
+    Untrusted text: invalid UTF-8, malformed or too deeply nested JSON, integers too long for Python and
+    lone surrogates (text no dataset can store) all become a `DataError` naming the file and the position.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        records = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} is not valid JSON ({error}); download or regenerate it.") from None
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is allowed
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); download or regenerate it."
+        ) from None
+    if path.suffix == ".jsonl":
+        # Split on newlines only: str.splitlines() would also cut at U+2028 and others, valid inside strings.
+        records = [
+            _parse(line, path, f" at line {number}")
+            for number, line in enumerate(text.split("\n"), start=1)
+            if line.strip()
+        ]
+    else:
+        records = _parse(text, path, "")
     if not isinstance(records, list):
         raise DataError(f"{path} must hold a JSON list of {what}, found {type(records).__name__}.")
+    if _SURROGATE_ESCAPE.search(text):
+        for index, record in enumerate(records):
+            bad = _unencodable_text(record)
+            if bad is not None:
+                raise DataError(
+                    f"Record #{index} in {path} holds text that is not valid Unicode (a lone surrogate escape "
+                    f"in {short_repr(bad)}); fix or remove the record."
+                )
     return records
+
+
+def _parse(text: str, path: Path, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        problem = str(error)
+    except RecursionError:
+        problem = "nested too deeply"
+    except ValueError as error:  # e.g. an integer literal over Python's digit limit
+        problem = str(error).split(";")[0]
+    raise DataError(f"{path} is not valid JSON{where} ({problem}); download or regenerate it.")
+
+
+def _unencodable_text(value: Any) -> str | None:
+    """The first string (key or value) inside `value` that cannot be encoded as UTF-8, else None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+    return None

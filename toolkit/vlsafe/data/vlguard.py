@@ -23,7 +23,7 @@ from datasets import Dataset, Value
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import PROVENANCE_FEATURES, assistant_turn, user_turn, vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
-from vlsafe.data.sources import hub_file, is_local, read_json_list
+from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -60,12 +60,16 @@ def load_vlguard(
         raise DataError(f"Unknown VLGuard subset {subset!r}; choose one of {sorted(SUBSET_KINDS)} or None.")
     records_path, image_root = _locate(source, split, revision=revision, token=token)
     records = read_json_list(records_path)
-    samples = [sample for record in records for sample in _record_samples(record, records_path.name)]
+    samples = [
+        sample
+        for index, record in enumerate(records)
+        for sample in _record_samples(record, index, records_path.name)
+    ]
     if subset is not None:
         samples = [sample for sample in samples if sample["kind"] == SUBSET_KINDS[subset]]
 
     for sample in samples:
-        sample["image_path"] = resolve_image_path(image_root, sample["image_path"], record=repr(sample["id"]))
+        sample["image_path"] = resolve_image_path(image_root, sample["image_path"], record=sample["record"])
     samples = drop_unreadable(
         samples,
         lambda sample: [sample["image_path"]],
@@ -103,41 +107,53 @@ def _locate(
     return records_path, extracted / split if (extracted / split).is_dir() else extracted
 
 
-def _field(record: dict, name: str, kind: type, where: str) -> Any:
-    value = record.get(name)
-    if not isinstance(value, kind) or (kind is str and not value.strip()):
+def _field(container: dict, name: str, kind: type, label: str) -> Any:
+    value = container.get(name)
+    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()) or value == []:
         raise DataError(
-            f"Malformed VLGuard record {record.get('id', '<no id>')!r} in {where}: field {name!r} must be a "
-            f"non-empty {kind.__name__}, found {value!r:.80}. Fix or remove the record."
+            f"Malformed VLGuard record {label}: field {name!r} must be a non-empty {kind.__name__}, found "
+            f"{short_repr(value)}. Fix or remove the record."
         )
     return value
 
 
-def _record_samples(record: Any, where: str) -> list[dict[str, Any]]:
+def _record_samples(record: Any, index: int, where: str) -> list[dict[str, Any]]:
     """One sample per instruction-response pair of a record, validated field by field."""
     if not isinstance(record, dict):
-        raise DataError(f"Malformed VLGuard record in {where}: expected an object, found {record!r:.80}.")
+        raise DataError(
+            f"Malformed VLGuard record #{index} in {where}: expected an object, found {short_repr(record)}. "
+            "Fix or remove the record."
+        )
     record_id = record.get("id")
     if not isinstance(record_id, str | int) or isinstance(record_id, bool) or str(record_id) == "":
         raise DataError(
-            f"Malformed VLGuard record in {where}: field 'id' missing or invalid in {record!r:.120}."
+            f"Malformed VLGuard record #{index} in {where}: field 'id' missing or invalid (a non-empty string "
+            f"or an int), found {short_repr(record_id)}. Fix or remove the record."
         )
-    image = _field(record, "image", str, where)
-    safe = _field(record, "safe", bool, where)
+    label = f"{short_repr(record_id)} (#{index}) in {where}"
+    image = _field(record, "image", str, label)
+    safe = _field(record, "safe", bool, label)
     category = subcategory = None
     if not safe:
-        category = _field(record, "harmful_category", str, where)
+        category = _field(record, "harmful_category", str, label)
         subcategory = record.get("harmful_subcategory")
-    pairs = _field(record, "instr-resp", list, where)
+        if subcategory is not None and not isinstance(subcategory, str):
+            raise DataError(
+                f"Malformed VLGuard record {label}: field 'harmful_subcategory' must be a string or absent, "
+                f"found {short_repr(subcategory)}. Fix or remove the record."
+            )
+    pairs = _field(record, "instr-resp", list, label)
     allowed = ("safe_instruction", "unsafe_instruction") if safe else ("instruction",)
     samples = []
-    for pair in pairs:
+    for position, pair in enumerate(pairs):
         keys = [key for key in allowed if isinstance(pair, dict) and key in pair]
         if len(keys) != 1:
             raise DataError(
-                f"Malformed VLGuard record {record_id!r} in {where}: each 'instr-resp' entry of a "
-                f"{'safe' if safe else 'unsafe'} image needs exactly one of {allowed} plus 'response', found {pair!r:.120}."
+                f"Malformed VLGuard record {label}: each 'instr-resp' entry of a {'safe' if safe else 'unsafe'} "
+                f"image needs exactly one of {allowed} plus 'response', found {short_repr(pair)}. Fix or "
+                "remove the record."
             )
+        pair_label = f"{label}, instr-resp entry {position}"
         samples.append(
             {
                 "source": "vlguard",
@@ -147,8 +163,9 @@ def _record_samples(record: Any, where: str) -> list[dict[str, Any]]:
                 "category": category,
                 "subcategory": subcategory,
                 "image_path": image,
-                "instruction": _field(pair, keys[0], str, f"{where} (record {record_id!r})"),
-                "response": _field(pair, "response", str, f"{where} (record {record_id!r})"),
+                "record": label,
+                "instruction": _field(pair, keys[0], str, pair_label),
+                "response": _field(pair, "response", str, pair_label),
             }
         )
     return samples
