@@ -791,3 +791,15 @@ def test_the_escape_check_would_catch_a_naive_extractor(attack, monkeypatch: pyt
     monkeypatch.setattr(zipfile.ZipFile, "extract", naive_extract)
     with pytest.raises(AssertionError, match="escaped the cache"):
         run_case(_case("sharegpt", zipped=True, attack=attack))
+
+
+def test_only_plain_raster_formats_are_decoded(tmp_path: Path) -> None:
+    """An EPS file is refused before decoding: PIL would hand it to Ghostscript, an external program."""
+    from vlsafe.data.images import image_problem
+
+    eps = tmp_path / "x.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    assert Image.open(eps).format == "EPS"  # what PIL alone would accept
+    assert "not an image file in a supported format" in image_problem(eps)
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.webp")
+    assert image_problem(tmp_path / "ok.webp") is None

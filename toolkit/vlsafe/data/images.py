@@ -16,6 +16,8 @@ from vlsafe.data.sources import short_repr
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
+# Plain raster formats only: PIL hands EPS/PDF-like files to external programs (Ghostscript) when decoding.
+RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 
 
 def resolve_image_path(root: Path, relative: str, *, record: str) -> Path:
@@ -46,7 +48,7 @@ def image_problem(path: Path) -> str | None:
     except (OSError, ValueError) as error:  # e.g. a name too long for the filesystem
         return f"cannot be opened ({getattr(error, 'strerror', None) or str(error)[:100]})"
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=RASTER_FORMATS) as image:
             pixels, limit = image.width * image.height, Image.MAX_IMAGE_PIXELS
             if limit is not None and pixels > limit:  # None: the user switched PIL's limit off
                 return _too_large(pixels)
@@ -56,7 +58,7 @@ def image_problem(path: Path) -> str | None:
         declared = re.search(r"\((\d+) pixels\)", str(error))
         return _too_large(declared[1] if declared else "over twice that many")
     except UnidentifiedImageError:
-        return "not an image file (PIL cannot identify its format)"
+        return f"not an image file in a supported format ({', '.join(RASTER_FORMATS)})"
     except Exception as error:  # PIL's decoders raise many types on hostile bytes (OSError, SyntaxError, ...)
         return f"not a decodable image: {type(error).__name__}: {str(error)[:100]}"
     return None
