@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from accelerate import PartialState
 from peft import PeftModel
@@ -22,7 +23,8 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
 from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pairs
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
-from vlsafe.evaluation.generate import generate_answers
+from vlsafe.evaluation.generate import generate_records, process_state
+from vlsafe.evaluation.store import RecordStore
 from vlsafe.training import ImageDataArguments, load_for_training, resume_checkpoint
 
 logger = logging.getLogger("vlsafe.recipes.dpo_safety")
@@ -68,6 +70,40 @@ class DPOSafetyArguments(ImageDataArguments):
     )
 
 
+def policy_answers(
+    model,
+    processor,
+    rows: list[dict],
+    data_args: DPOSafetyArguments,
+    training_args: DPOConfig,
+    model_args: ModelConfig,
+) -> list[str]:
+    """The policy's own answers to the pair prompts, stored in output_dir/pair_generations as they finish, so
+    a re-run after an interruption generates only the missing ones (settings must match to reuse them)."""
+    settings = {
+        "policy": model_args.model_name_or_path,
+        "sft_adapter": data_args.sft_adapter,
+        "dataset": data_args.dataset,
+        "max_new_tokens": data_args.generation_max_new_tokens,
+    }
+    store = RecordStore(
+        Path(training_args.output_dir) / "pair_generations",
+        "policy",
+        settings,
+        rank=process_state().process_index,
+    )
+    records = generate_records(
+        model,
+        processor,
+        rows,
+        [f"{row['id']}/{row['kind']}" for row in rows],  # a VLGuard image has one sample per kind
+        store=store,
+        batch_size=data_args.generation_batch_size,
+        max_new_tokens=data_args.generation_max_new_tokens,
+    )
+    return [record["generation"] for record in records]
+
+
 def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model, processor, peft_config = load_for_training(
@@ -97,10 +133,7 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
         rows = list(rows)
         generations = None
         if data_args.on_policy:
-            generations = generate_answers(
-                model, processor, rows,
-                batch_size=data_args.generation_batch_size, max_new_tokens=data_args.generation_max_new_tokens,
-            )  # fmt: skip
+            generations = policy_answers(model, processor, rows, data_args, training_args, model_args)
         pairs = build_preference_pairs(
             rows,
             generations,

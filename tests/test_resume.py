@@ -3,6 +3,8 @@ from its last checkpoint and ends with the same adapter as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -64,3 +66,57 @@ def test_killed_run_resumes_to_the_same_adapter(
     assert expected.keys() == resumed.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_preference_pair_generation_resumes_without_redoing_or_dropping(
+    tiny_models, synthetic_vlguard: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DPO recipe's on-policy answers: after an interruption (a store cut mid-line), the re-run generates
+    exactly the missing prompts, and every prompt ends with one answer equal to an uninterrupted run's."""
+    import importlib.util
+
+    from trl import DPOConfig, ModelConfig
+
+    import vlsafe.evaluation.generate as generate
+    from vlsafe.data.vlguard import load_vlguard
+    from vlsafe.modeling import load_model, load_processor
+
+    spec = importlib.util.spec_from_file_location("dpo_safety", REPO / "recipes/dpo_safety.py")
+    recipe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "dpo_safety", recipe)  # its dataclasses look their module up
+    spec.loader.exec_module(recipe)
+    generated: list[int] = []
+    real_batch = generate._generate_batch
+
+    def counting_batch(model, processor, prompts, max_new_tokens):  # a spy: the real generation runs
+        generated.append(len(prompts))
+        return real_batch(model, processor, prompts, max_new_tokens)
+
+    monkeypatch.setattr(generate, "_generate_batch", counting_batch)
+    model = load_model(str(tiny_models["llava"]), dtype="float32")
+    processor = load_processor(str(tiny_models["llava"]))
+    rows = list(load_vlguard(synthetic_vlguard, "train"))[:10]
+    data_args = recipe.DPOSafetyArguments(
+        dataset=str(synthetic_vlguard), generation_batch_size=4, generation_max_new_tokens=6
+    )
+    model_args = ModelConfig(model_name_or_path=str(tiny_models["llava"]))
+
+    def answers(out: Path) -> list[str]:
+        args = DPOConfig(output_dir=str(out), use_cpu=True, bf16=False, report_to="none")
+        return recipe.policy_answers(model, processor, rows, data_args, args, model_args)
+
+    uninterrupted = answers(tmp_path / "once")
+    assert sum(generated) == 10
+    shard = tmp_path / "once/pair_generations/policy.rank0.jsonl"
+    lines = shard.read_text().splitlines()
+    shard.write_text("\n".join(lines[:7]) + "\n" + lines[7][:20])  # header + 6 records + one cut short
+    generated.clear()
+    assert answers(tmp_path / "once") == uninterrupted
+    assert sum(generated) == 4  # the cut record and the three never written
+    generated.clear()
+    assert answers(tmp_path / "once") == uninterrupted and sum(generated) == 0
+    keys = []
+    for line in shard.read_text().splitlines()[1:]:
+        with contextlib.suppress(json.JSONDecodeError):  # the line the interruption cut short
+            keys.append(json.loads(line)["key"])
+    assert sorted(keys) == sorted(f"{row['id']}/{row['kind']}" for row in rows)  # each once, none lost
