@@ -19,9 +19,15 @@ CLASSES = {
     "llava": ("LlavaProcessor", "CLIPImageProcessor", "LlavaForConditionalGeneration"),
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2_5_VLForConditionalGeneration"),
     "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "Idefics3ForConditionalGeneration"),
+    "internvl": ("InternVLProcessor", "GotOcr2ImageProcessor", "InternVLForConditionalGeneration"),
 }
 # End-of-turn token (= eos) and the family's other special tokens, under their real names.
-END_OF_TURN = {"llava": "</s>", "qwen2_5_vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}
+END_OF_TURN = {
+    "llava": "</s>",
+    "qwen2_5_vl": "<|im_end|>",
+    "idefics3": "<end_of_utterance>",
+    "internvl": "<|im_end|>",
+}
 SPECIAL_TOKENS = {
     "llava": ("<s>", "</s>", "<unk>", "<pad>", "<image>"),
     "qwen2_5_vl": (
@@ -42,14 +48,27 @@ SPECIAL_TOKENS = {
         "<row_1_col_1>",
         "<row_6_col_6>",
     ),
+    "internvl": (
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<img>",
+        "</img>",
+        "<IMG_CONTEXT>",
+        "<video>",
+        "<ref>",
+        "</box>",
+    ),
 }
 # What the chat template writes for one image, and how many image tokens the processor expands it to.
 PLACEHOLDER = {
     "llava": "<image>\n",
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
+    "internvl": "<IMG_CONTEXT>\n",
 }
-IMAGE_TOKENS_64PX = {"llava": 16, "qwen2_5_vl": 9, "idefics3": 16}
+# InternVL tiles a 64x64 image into 2x2 tiles of 32 px plus a thumbnail, 4 tokens each.
+IMAGE_TOKENS_64PX = {"llava": 16, "qwen2_5_vl": 9, "idefics3": 16, "internvl": 20}
 TRL_TEMPLATES = ("qwen2_5_vl", "idefics3")
 
 
@@ -217,6 +236,40 @@ def test_llava_template_has_llava_1_5_shape(loaded: dict) -> None:
     # The tokenizer adds <s> in front, as LLaVA's Llama tokenizer does.
     ids = processor.apply_chat_template(chat[3:], add_generation_prompt=True, tokenize=True, return_dict=True)
     assert ids["input_ids"][0][0] == processor.tokenizer.bos_token_id
+
+
+def test_internvl_template_is_the_hf_checkpoints_and_each_image_is_wrapped(
+    loaded: dict, built: dict[str, Path], image: Image.Image
+) -> None:
+    model, processor = loaded["internvl"]
+    # OpenGVLab/InternVL3-*-hf ship this template as a 481-byte chat_template.jinja.
+    assert (built["internvl"] / "chat_template.jinja").stat().st_size == 481
+    chat = [
+        {"role": "system", "content": "Be safe."},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
+        {"role": "user", "content": "Why?"},
+    ]
+    assert processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == (
+        "<|im_start|>system\nBe safe.<|im_end|>\n"
+        "<|im_start|>user\n<IMG_CONTEXT>\n<IMG_CONTEXT>\nSame?<|im_end|>\n"
+        "<|im_start|>assistant\nNo.<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # Two images of 5 tiles each: pixel_values stacks the 10 tiles, and each image's tokens sit in <img>...</img>.
+    pair = [
+        {"role": "user", "content": [*[{"type": "image", "image": image}] * 2, {"type": "text", "text": "?"}]}
+    ]
+    inputs = processor.apply_chat_template(
+        pair, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert inputs["pixel_values"].shape[0] == 10
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert text.count("<img>" + "<IMG_CONTEXT>" * IMAGE_TOKENS_64PX["internvl"] + "</img>") == 2
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
 
 
 def test_custom_corpus_trains_the_tokenizer(tmp_path: Path) -> None:

@@ -57,6 +57,43 @@ def test_llava_gets_a_training_template_that_renders_like_the_original(tiny_mode
     )
 
 
+def test_internvl_gets_a_training_template_that_renders_like_the_original(tiny_models) -> None:
+    processor = load_processor(str(tiny_models["internvl"]))
+    original = processor.chat_template
+    conversations = [
+        [
+            {"role": "system", "content": "Be safe."},
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Why?"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+            {"role": "user", "content": "Sure?"},
+        ],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+    ]
+    before = [
+        processor.apply_chat_template(c, add_generation_prompt=g, tokenize=False)
+        for c in conversations
+        for g in (False, True)
+    ]
+    prepare_training_template(processor, family_of("internvl"))
+    assert not has_generation_markers(original) and has_generation_markers(processor.chat_template)
+    after = [
+        processor.apply_chat_template(c, add_generation_prompt=g, tokenize=False)
+        for c in conversations
+        for g in (False, True)
+    ]
+    assert after == before
+    # The loss covers each answer and its end-of-turn token, nothing of the prompt.
+    encoded = processor.apply_chat_template(
+        conversations[1], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    trained = processor.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained == "Hello.<|im_end|>"
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
 def test_trl_known_templates_are_left_for_trl_to_patch(family: str, tiny_models) -> None:
     processor = load_processor(str(tiny_models[family]))
@@ -72,6 +109,17 @@ def test_unpatchable_template_is_explained(tiny_models) -> None:
         prepare_training_template(processor, family_of("qwen2_5_vl"))
 
 
+@pytest.mark.parametrize("family", ["llava", "internvl"])
+def test_a_checkpoint_with_another_prompt_format_keeps_its_template(family: str, tiny_models) -> None:
+    """vlsafe's training template replaces the original only where both prompt the model alike."""
+    processor = load_processor(str(tiny_models[family]))
+    other = processor.chat_template.replace("assistant", "bot").replace("ASSISTANT", "BOT")
+    processor.chat_template = other
+    with pytest.raises(VlsafeError, match="renders prompts differently"):
+        prepare_training_template(processor, family_of(family))
+    assert processor.chat_template == other
+
+
 def test_max_pixels_caps_qwen_image_tokens(tiny_models) -> None:
     from PIL import Image
 
@@ -83,3 +131,18 @@ def test_max_pixels_caps_qwen_image_tokens(tiny_models) -> None:
         return processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"].prod().item()
 
     assert patches(capped) == 16 < patches(default)  # 4 merged tokens = 16 patches of 14 px
+
+
+def test_max_pixels_caps_internvl_tiles(tiny_models) -> None:
+    from PIL import Image
+
+    def tiles(processor, width: int, height: int) -> int:
+        return len(processor.image_processor(images=[Image.new("RGB", (width, height))])["pixel_values"])
+
+    tile = 32 * 32  # the tiny InternVL's tile size
+    default = load_processor(str(tiny_models["internvl"]))
+    assert tiles(default, 64, 64) == 5  # 2x2 tiles + thumbnail (up to 12 tiles)
+    for budget in (1, 2, 3, 5):
+        capped = load_processor(str(tiny_models["internvl"]), max_pixels=budget * tile)
+        assert all(tiles(capped, w, h) <= budget for w, h in ((64, 64), (128, 64), (256, 64)))
+    assert tiles(load_processor(str(tiny_models["internvl"]), max_pixels=3 * tile), 128, 64) == 3

@@ -45,6 +45,9 @@ FAMILIES = {
     "qwen2_vl": Family("qwen2_vl", "language_model"),
     "idefics3": Family("idefics3", "text_model"),
     "smolvlm": Family("smolvlm", "text_model"),
+    # InternVL2.5/3 in transformers' native format (the OpenGVLab/*-hf checkpoints); TRL has no training
+    # template for them. The vision tower's layers are `encoder.layer.N.attention`, so the regex never hits them.
+    "internvl": Family("internvl", "language_model", training_template="internvl_training.jinja"),
 }
 
 
@@ -95,15 +98,35 @@ def load_processor(
     min_pixels: int | None = None,
     trust_remote_code: bool = False,
 ) -> ProcessorMixin:
-    """The model's processor; Qwen-style `max_pixels`/`min_pixels` cap image tokens (and memory)."""
+    """The model's processor; `max_pixels` caps each image's pixels, so its tokens (and memory).
+
+    Qwen-VL processors resize images to [`min_pixels`, `max_pixels`]; InternVL's cuts an image into fixed-size
+    tiles, so there `max_pixels` caps the number of tiles instead (:func:`cap_image_tiles`).
+    """
     kwargs = {
         key: value
         for key, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels))
         if value is not None
     }
-    return AutoProcessor.from_pretrained(
+    processor = AutoProcessor.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code, **kwargs
     )
+    image_processor = getattr(processor, "image_processor", None)
+    if max_pixels is not None and hasattr(image_processor, "max_patches"):
+        cap_image_tiles(image_processor, max_pixels)
+    return processor
+
+
+def cap_image_tiles(image_processor, max_pixels: int) -> None:
+    """Let a tiling image processor (InternVL's) use at most `max_pixels` worth of tiles per image.
+
+    Above one tile the processor adds a thumbnail tile, so `max_patches` is one less than the tiles that fit;
+    one tile is the least an image gets.
+    """
+    tiles = max_pixels // (image_processor.size.height * image_processor.size.width)
+    image_processor.max_patches = tiles - 1 if tiles >= 3 else 1
+    most = 1 if image_processor.max_patches == 1 else tiles
+    logger.info("max_pixels=%d: at most %d tile(s) per image", max_pixels, most)
 
 
 def load_model(
@@ -142,21 +165,53 @@ def load_model(
     )
 
 
+# Prompts the original and the training template must render alike: what the model sees at inference.
+PROBE_PROMPTS = (
+    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}],
+    [
+        {"role": "system", "content": [{"type": "text", "text": "Be careful."}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}],
+        },
+    ],
+)
+
+
+def _check_same_prompts(processor: ProcessorMixin, original: str, training: str, family: Family) -> None:
+    """Refuse to swap in vlsafe's training template when it would prompt the model differently from the
+    checkpoint's own template (e.g. a later release of the family with another chat format)."""
+    for messages in PROBE_PROMPTS:
+        rendered = [
+            processor.apply_chat_template(
+                messages, chat_template=t, tokenize=False, add_generation_prompt=True
+            )
+            for t in (original, training)
+        ]
+        if rendered[0] != rendered[1]:
+            raise VlsafeError(
+                f"This {family.name} checkpoint's chat template renders prompts differently from the template "
+                f"vlsafe trains {family.name} models with ({family.training_template}): {rendered[0]!r:.200} vs "
+                f"{rendered[1]!r:.200}. Pass a chat template with {{% generation %}} markers via "
+                "`chat_template_path`, or set assistant_only_loss to false."
+            )
+
+
 def prepare_training_template(processor: ProcessorMixin, family: Family) -> None:
     """Make the processor's chat template mark assistant tokens with {% generation %} for assistant-only loss.
 
-    TRL swaps in a training template for the families it knows (Qwen2.5-VL, SmolVLM); for the others
-    (LLaVA-1.5, whose shipped template also leaves out the end-of-turn token, so the model never learns to
-    stop) vlsafe sets its own. The template renders the same text as the original, so it is saved with
+    TRL swaps in a training template for the families it knows (Qwen2.5-VL, SmolVLM); for the others vlsafe
+    sets its own: InternVL, and LLaVA-1.5, whose shipped template also leaves out the end-of-turn token, so
+    the model never learns to stop. The template renders the same text as the original, so it is saved with
     the adapter and inference prompts do not change.
     """
     template = processor.chat_template
     if has_generation_markers(template):
         return
     if family.training_template is not None:
-        processor.chat_template = (
-            resources.files("vlsafe").joinpath("templates", family.training_template).read_text()
-        )
+        training = resources.files("vlsafe").joinpath("templates", family.training_template).read_text()
+        _check_same_prompts(processor, template, training, family)
+        processor.chat_template = training
         logger.info("Using vlsafe's %s training chat template (assistant-only loss)", family.name)
         return
     try:
