@@ -36,14 +36,17 @@ demo-dpo: setup
 	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml \
 		--adapter $(DEMO)/dpo_safety --evaluate_base false --output_dir $(DEMO)/eval_dpo
 
-# MIS: multi-image chain-of-thought safety on synthetic image pairs (harm only from the pair), before/after.
+# MIS: multi-image chain-of-thought safety on synthetic image pairs (harm only from the pair), before/after:
+# ASR per MIS split, and over-refusal on held-out safe pairs (same questions, at most one dimmed image).
+# --resume false: the adapter was just retrained, so answers stored by an earlier run are stale.
 demo-mis: setup
 	$(BIN)/python -m vlsafe.fixtures.mis_data --out $(DEMO)/fixtures
 	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
 		recipes/sft_mis.py --config recipes/configs/tiny/sft_mis.yaml
 	$(BIN)/python recipes/evaluate_safety.py --benchmark mis --base_model $(DEMO)/fixtures/tiny-llava-mis \
-		--adapter $(DEMO)/sft_mis --dataset $(DEMO)/fixtures/mis_test --dtype float32 --max_new_tokens 64 \
-		--output_dir $(DEMO)/eval_mis
+		--adapter $(DEMO)/sft_mis --dataset $(DEMO)/fixtures/mis_test \
+		--benign_prompts $(DEMO)/fixtures/mis_general/test.json --dtype float32 --max_new_tokens 64 \
+		--output_dir $(DEMO)/eval_mis --resume false
 
 # Serve spaces/compare (base vs safety-tuned, side by side) on http://127.0.0.1:7860 with the demo model + adapter.
 space: setup

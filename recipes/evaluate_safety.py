@@ -5,6 +5,12 @@
         --base_model llava-hf/llava-1.5-7b-hf --adapter outputs/llava-1.5-7b/sft_vlguard \
         --judges keyword api --judge_api_base_url https://api.openai.com/v1 --judge_api_model gpt-4o
 
+Benchmarks of harmful prompts only (MIS) show over-refusal with extra safe prompts, run as the subset
+`benign` (first user turn of each LLaVA/ShareGPT conversation; keyword judge: refusal rate = over-refusal):
+
+    python recipes/evaluate_safety.py --benchmark mis --base_model OpenGVLab/InternVL3-8B-hf \
+        --adapter outputs/internvl3-8b/sft_mis --benign_prompts data/general/multi_image_qa_test.json
+
 Writes <output_dir>/results.json (per-sample generations and judge labels; metrics with n and 95% CIs, per
 subset and category), <output_dir>/results.png, and prints the VLGuard-shaped table. An interrupted run
 resumes where it stopped. When the adapter is a local folder, its model card is updated with the numbers.

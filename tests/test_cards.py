@@ -231,3 +231,11 @@ def test_minimal_results_render(tmp_path: Path) -> None:
     )
     assert "safety fine-tuning recipe\n(`sft_custom`)" in card.text and "vlguard" not in card.data.tags
     assert [(r.dataset_type, r.metric_value) for r in card.data.eval_results] == [("mm-safety-all", 0.25)]
+
+
+def test_refusals_on_safe_prompts_are_labelled_over_refusal() -> None:
+    from vlsafe.cards import metric_label
+
+    assert metric_label("refusal_rate", "benign", "keyword") == "Over-refusal rate (keyword judge)"
+    assert metric_label("refusal_rate", "safe_safes", "keyword") == "Over-refusal rate (keyword judge)"
+    assert metric_label("refusal_rate", "unsafes", "keyword") != "Over-refusal rate (keyword judge)"

@@ -148,7 +148,7 @@ def _pct(value: float | None) -> str:
 def metric_label(metric: str, subset: str, judge: str) -> str:
     """E.g. "Attack success rate (keyword judge)"; refusals on safe prompts are over-refusals."""
     label = METRICS.get(metric, (metric, ""))[0]
-    if metric == "refusal_rate" and subset.startswith("safe_safe"):
+    if metric == "refusal_rate" and (subset.startswith("safe_safe") or subset == "benign"):
         label = "Over-refusal rate"
     return f"{label} ({judge})" if "judge" in judge else f"{label} ({judge} judge)"
 

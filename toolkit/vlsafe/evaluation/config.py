@@ -22,7 +22,24 @@ class EvaluationConfig:
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
     subsets: list[str] | None = field(
-        default=None, metadata={"help": "Subsets to run; default: all of the benchmark."}
+        default=None,
+        metadata={
+            "help": "Subsets to run; default: all of the benchmark, plus `benign` with benign_prompts."
+        },
+    )
+    benign_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Safe prompts to run as the extra subset `benign` with any benchmark: a LLaVA/ShareGPT json "
+            "file, or a folder with benign_data_file in it (first user turn of each conversation; metric: "
+            "over-refusal = refusal rate, and win rate vs its first answer with a model/api judge)."
+        },
+    )
+    benign_data_file: str | None = field(
+        default=None, metadata={"help": "json name inside the benign_prompts folder."}
+    )
+    benign_image_root: str | None = field(
+        default=None, metadata={"help": "Folder the benign image paths are relative to; default: the json's."}
     )
     limit: int | None = field(
         default=None, metadata={"help": "Only the first N prompts of each subset (smoke runs)."}

@@ -18,7 +18,7 @@ from datasets import Dataset
 from peft import PeftConfig, PeftModel
 
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.benchmarks import get_benchmark
+from vlsafe.evaluation.benchmarks import BENIGN_SUBSET, get_benchmark, load_benign_prompts
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import generate_records, process_state, prompt_text
 from vlsafe.evaluation.judges.keyword import keyword_label
@@ -33,18 +33,37 @@ logger = logging.getLogger(__name__)
 RESULTS_VERSION = 1
 
 
+def subset_harm(config: EvaluationConfig) -> dict[str, bool]:
+    """Every subset this run can evaluate -> whether its prompts are harmful (benign prompts are not)."""
+    harmful = dict(get_benchmark(config.benchmark).subsets)
+    if config.benign_prompts:
+        harmful[BENIGN_SUBSET] = False
+    return harmful
+
+
 def load_prompts(config: EvaluationConfig) -> dict[str, Dataset]:
     """The prompt subsets to evaluate (each cut to `limit` when set)."""
     benchmark = get_benchmark(config.benchmark)
-    subsets = config.subsets or list(benchmark.subsets)
-    unknown = sorted(set(subsets) - set(benchmark.subsets))
+    available = list(subset_harm(config))
+    subsets = config.subsets or available
+    unknown = sorted(set(subsets) - set(available))
     if unknown:
-        raise VlsafeError(
-            f"{config.benchmark} has no subsets {unknown}; choose from {list(benchmark.subsets)}."
+        hint = " (`benign` needs benign_prompts)" if BENIGN_SUBSET in unknown else ""
+        raise VlsafeError(f"{config.benchmark} has no subsets {unknown}; choose from {available}{hint}.")
+    if config.benign_prompts and BENIGN_SUBSET not in subsets:
+        logger.warning(
+            "benign_prompts is set but `subsets` leaves out %r: it is not evaluated", BENIGN_SUBSET
         )
     prompts = {}
     for subset in subsets:
-        dataset = benchmark.load(config.dataset or benchmark.default_source, subset, config.dataset_revision)
+        if subset == BENIGN_SUBSET:
+            dataset = load_benign_prompts(
+                config.benign_prompts, data_file=config.benign_data_file, image_root=config.benign_image_root
+            )
+        else:
+            dataset = benchmark.load(
+                config.dataset or benchmark.default_source, subset, config.dataset_revision
+            )
         prompts[subset] = dataset.select(range(min(config.limit, len(dataset)))) if config.limit else dataset
     return prompts
 
@@ -108,6 +127,12 @@ def generate_all(config: EvaluationConfig, prompts: dict[str, Dataset]) -> dict[
         "max_new_tokens": config.max_new_tokens,
         "dtype": config.dtype,
         "max_pixels": config.max_pixels,
+        # Only when set, so runs stored before the option existed still resume.
+        **(
+            {"benign_prompts": config.benign_prompts, "benign_data_file": config.benign_data_file}
+            if config.benign_prompts
+            else {}
+        ),
     }
     generations: dict[str, dict[str, list[dict]]] = {}
     for variant, processor in variants.items():
@@ -301,7 +326,7 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any] | None:
     generations = generate_all(config, prompts)
     if not state.is_main_process:
         return None
-    harmful = get_benchmark(config.benchmark).subsets
+    harmful = subset_harm(config)
     samples = []
     for variant, by_subset in generations.items():
         for subset, records in by_subset.items():

@@ -28,6 +28,11 @@ TABLE_ROWS = {
         )
     ),
 }
+# The extra safe prompts any benchmark can run with (EvaluationConfig.benign_prompts), shown under its rows.
+BENIGN_ROWS = (
+    ("benign", "win_rate", "Benign win rate vs reference (higher better)"),
+    ("benign", "refusal_rate", "Benign refusal = over-refusal (lower better)"),
+)
 KEYWORD_ONLY_NOTE = {
     "mis": "Keyword judge: refusal-based ASR only; RSR/RR/HR need a judge that sees both images (model or api)."
 }
@@ -44,6 +49,11 @@ def _lookup(metrics: list[dict], **match: Any) -> dict[str, Any] | None:
     return next((row for row in metrics if all(row.get(k) == v for k, v in match.items())), None)
 
 
+def table_rows(benchmark: str) -> tuple[tuple[str, str, str], ...]:
+    """(subset, metric, label) rows of `benchmark`'s table; rows without numbers are skipped when shown."""
+    return TABLE_ROWS[benchmark] + BENIGN_ROWS
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Plain-text table: metric rows x model columns (value, 95% CI, n), one block per judge, then ASR by category."""
     metrics, models = results["metrics"], list(results["models"])
@@ -52,7 +62,7 @@ def format_table(results: dict[str, Any]) -> str:
     for judge in results["judges"]:
         header = f"{'judge: ' + judge:<50}" + "".join(f"{model:>30}" for model in models)
         lines += [header, "-" * len(header)]
-        for subset, metric, label in TABLE_ROWS[benchmark]:
+        for subset, metric, label in table_rows(benchmark):
             cells = [
                 _lookup(metrics, model=m, subset=subset, metric=metric, judge=judge, category=None)
                 for m in models
@@ -89,13 +99,13 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     metrics, models, judges = results["metrics"], list(results["models"]), results["judges"]
-    table_rows = TABLE_ROWS[results["config"]["benchmark"]]
+    rows_of_table = table_rows(results["config"]["benchmark"])
     figure, axes = plt.subplots(1, len(judges), figsize=(6 * len(judges), 4), squeeze=False)
     width = 0.8 / len(models)
     for axis, judge in zip(axes[0], judges, strict=True):
         rows = [
             (subset, metric, label)
-            for subset, metric, label in table_rows
+            for subset, metric, label in rows_of_table
             if _lookup(metrics, subset=subset, metric=metric, judge=judge, category=None)
         ]
         for offset, model in enumerate(models):
