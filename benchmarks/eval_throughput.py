@@ -1,14 +1,14 @@
 """Evaluation throughput: vlsafe's generation engine vs a per-sample `generate` loop, same model and prompts.
 
     python benchmarks/eval_throughput.py                          # CPU mode: tiny LLaVA fixture
-    python benchmarks/eval_throughput.py --shape llava-1.5-7b --prompts 512 --batch_size 64 --max_new_tokens 64
+    python benchmarks/eval_throughput.py --shape llava-1.5-7b --prompts 512 --max_new_tokens 64
 
 The model carries a LoRA adapter (rank --lora_r, random non-zero weights), as when evaluating a tuned
 adapter; prompts are VLGuard-shaped (one 400-1000 px image and an instruction from the real train.json when
 the project's shared folder is present). Baseline: the loop a user writes first (VLGuard's own evaluation
 does this): for each prompt, apply the chat template, `model.generate` greedily, decode. vlsafe:
-`vlsafe.evaluation.generate.generate_records`, what `recipes/evaluate_safety.py` runs (batches of
---batch_size, its `batch_size` option, sorted by length, left padding). The baseline runs on
+`vlsafe.evaluation.generate.generate_records`, what `recipes/evaluate_safety.py` runs (sorted by length,
+left padding, its batch size for the machine unless --batch_size is given). The baseline runs on
 --baseline_prompts of the prompts (it is slow) and both are compared as tokens/s; the answers to those
 prompts must be identical (on a GPU in bf16, batching can change a rare near-tie; the count is printed).
 """
@@ -26,6 +26,7 @@ from shapes import FAMILY, SHAPES, build_model, build_processor, write_vlguard_t
 
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.evaluation.generate import generate_records, prompt_messages
+from vlsafe.evaluation.harness import choose_batch_size
 from vlsafe.modeling import family_of, lora_config
 
 
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="tiny")
     parser.add_argument("--prompts", type=int, default=192)
     parser.add_argument("--baseline_prompts", type=int, default=48)
-    parser.add_argument("--batch_size", type=int, default=16, help="evaluate_safety.py's default: 16")
+    parser.add_argument("--batch_size", type=int, help="default: evaluate_safety.py's choice for the machine")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--lora_r", type=int, default=16)
     args = parser.parse_args()
@@ -101,21 +102,23 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()
 
     write_vlguard_train(scratch / "vlguard", args.prompts)
-    rows = [
-        {**row, "messages": row["messages"][:1]}  # the user turn: a prompt
-        for row in load_vlguard(scratch / "vlguard", "train").shuffle(seed=0).select(range(args.prompts))
-    ]
+    prompts = (
+        load_vlguard(scratch / "vlguard", "train")
+        .shuffle(seed=0)
+        .select(range(args.prompts))
+        .map(lambda row: {"messages": row["messages"][:1]})  # the user turn: a prompt
+    )
+    rows = list(prompts)
     processor = build_processor(args.shape, scratch)
     model = build_model(args.shape, processor, scratch, torch.bfloat16 if on_gpu else torch.float32)
     model = with_random_adapter(model, args.lora_r)
-    engine(model, processor, rows[:4], args.batch_size, 4)  # warm-up (kernels, allocator)
+    batch_size = args.batch_size or choose_batch_size(model, processor, {"all": prompts}, args.max_new_tokens)
+    engine(model, processor, rows[:4], batch_size, 4)  # warm-up (kernels, allocator)
     per_sample_loop(model, processor, rows[:2], 4)
 
     checked = rows[: args.baseline_prompts]
     loop_s, loop_tokens, loop_answers = per_sample_loop(model, processor, checked, args.max_new_tokens)
-    engine_s, engine_tokens, engine_answers = engine(
-        model, processor, rows, args.batch_size, args.max_new_tokens
-    )
+    engine_s, engine_tokens, engine_answers = engine(model, processor, rows, batch_size, args.max_new_tokens)
     same = sum(a == b for a, b in zip(loop_answers, engine_answers, strict=False))
     device = torch.cuda.get_device_name() if on_gpu else "CPU"
     print(
@@ -128,7 +131,7 @@ def main() -> None:
         f"| per-sample generate loop | {len(checked)} | {loop_tokens / loop_s:.1f} | {len(checked) / loop_s:.2f} |"
     )
     print(
-        f"| vlsafe engine, batch {args.batch_size} | {len(rows)} | {engine_tokens / engine_s:.1f} | "
+        f"| vlsafe engine, batch {batch_size} | {len(rows)} | {engine_tokens / engine_s:.1f} | "
         f"{len(rows) / engine_s:.2f} |"
     )
     print(f"speed-up (tokens/s): {(engine_tokens / engine_s) / (loop_tokens / loop_s):.2f}x")

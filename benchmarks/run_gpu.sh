@@ -26,5 +26,5 @@ mkdir -p "$OUT_DIR"
 "$PYTHON" -c 'import torch, transformers, trl, peft, datasets; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")' | tee "$OUT_DIR/versions.txt"
 "$PYTHON" benchmarks/train_throughput.py --shape "$SHAPE" --batch_size 8 --steps "$STEPS" --warmup 3 --rounds 1 \
   --lora_r 128 --peak_tflops 790 2>&1 | tee "$OUT_DIR/train_throughput.txt"
-"$PYTHON" benchmarks/eval_throughput.py --shape "$SHAPE" --prompts "$PROMPTS" --baseline_prompts 16 --batch_size 64 \
+"$PYTHON" benchmarks/eval_throughput.py --shape "$SHAPE" --prompts "$PROMPTS" --baseline_prompts 16 \
   --max_new_tokens 64 --lora_r 128 2>&1 | tee "$OUT_DIR/eval_throughput.txt"

@@ -42,8 +42,9 @@ def test_train_throughput(tmp_path):
 def test_eval_throughput(tmp_path):
     out = run_benchmark(
         "eval_throughput.py",
-        *("--prompts", "8", "--baseline_prompts", "4", "--batch_size", "4", "--max_new_tokens", "4"),
+        *("--prompts", "8", "--baseline_prompts", "4", "--max_new_tokens", "4"),
         tmp_path=tmp_path,
     )
+    assert "| vlsafe engine, batch 16 |" in out  # evaluate_safety.py's choice on a CPU
     assert re.search(r"speed-up \(tokens/s\): [\d.]+x", out)
     assert "identical answers: 4/4" in out

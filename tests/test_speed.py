@@ -145,3 +145,17 @@ def test_the_recipe_trainer_applies_the_choice_or_keeps_the_config(
     # The Trainer reads activation_checkpointing when training starts; TRL reads the old name when built.
     assert trainer.args.gradient_checkpointing is not auto_speed
     assert trainer.args.activation_checkpointing is not auto_speed
+
+
+def test_generation_batch_fits_the_kv_cache_in_half_the_free_memory(llava_7b):
+    """LLaVA-1.5-7B in bf16: 0.5 MiB of keys and values per token, so ~0.56 GiB per 576-image-token prompt
+    plus 256 new tokens (1,156 tokens)."""
+    from vlsafe.speed import generation_batch_size, kv_cache_bytes
+
+    model, _ = llava_7b
+    assert kv_cache_bytes(model, 1) == 2 * 32 * 4096 * 2
+    assert generation_batch_size(model, 1156, None)[0] == 16  # CPU
+    assert generation_batch_size(model, 1156, 125 * 2**30)[0] == 64  # an H200 after the weights: 110 fit
+    assert generation_batch_size(model, 1156, 8 * 2**30)[0] == 4  # a 24 GB card after the weights: 7 fit
+    assert generation_batch_size(model, 1156, 2**28)[0] == 1  # never below one
+    assert generation_batch_size(model, 100, 10**12)[0] == 128  # capped

@@ -1,5 +1,5 @@
-"""Training speed settings that the SFT recipes choose themselves (``auto_speed``, on by default), each one
-logged with its reason.
+"""Speed settings the recipes choose for the machine, each one logged with its reason: training settings of
+the SFT recipes (``auto_speed``, on by default) and the generation batch size of the evaluation.
 
 The baseline measured on one H200 (LLaVA-1.5-7B shape, LoRA r128, batch 8, about 900 tokens per sample)
 shows where TRL's defaults lose time: gradient checkpointing recomputes every layer's forward pass
@@ -171,3 +171,32 @@ def _is_lora_target(lora: LoraConfig, name: str) -> bool:
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == target or name.endswith(f".{target}") for target in targets or ())
+
+
+# Generation: the KV cache grows with batch x tokens; half the free memory leaves room for prefill activations.
+CPU_GENERATION_BATCH = 16
+MAX_GENERATION_BATCH = 128
+KV_CACHE_SHARE = 0.5
+
+
+def kv_cache_bytes(model: PreTrainedModel, tokens: int) -> int:
+    """Key/value cache of one sequence of `tokens` tokens (keys and values, every layer, the model's dtype)."""
+    text = model.config.get_text_config()
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    width = torch.finfo(model.dtype).bits // 8
+    return 2 * text.num_hidden_layers * heads * head_dim * tokens * width
+
+
+def generation_batch_size(model: PreTrainedModel, tokens: int, free_memory: int | None) -> tuple[int, str]:
+    """The batch size for greedy generation of sequences up to `tokens` long, and why: on a GPU the largest
+    power of two (at most 128) whose KV cache fits in half of `free_memory`; 16 on a CPU (None)."""
+    if free_memory is None:
+        return CPU_GENERATION_BATCH, "the CPU default"
+    per_sequence = kv_cache_bytes(model, tokens)
+    fits = int(free_memory * KV_CACHE_SHARE // per_sequence)
+    batch = 1 << max(0, min(fits, MAX_GENERATION_BATCH).bit_length() - 1)
+    return batch, (
+        f"KV cache {per_sequence / 2**20:.0f} MiB per sequence of {tokens} tokens, "
+        f"{free_memory / 2**30:.1f} GiB free"
+    )

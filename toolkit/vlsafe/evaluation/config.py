@@ -44,7 +44,13 @@ class EvaluationConfig:
     limit: int | None = field(
         default=None, metadata={"help": "Only the first N prompts of each subset (smoke runs)."}
     )
-    batch_size: int = field(default=16, metadata={"help": "Prompts generated together per process."})
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts generated together per process; unset: 16 on a CPU, on a GPU the most (up to "
+            "128) whose KV cache fits in half the free memory (logged)."
+        },
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "Answer length cap (VLGuard paper: 256)."})
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})

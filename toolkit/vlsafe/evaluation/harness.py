@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from peft import PeftConfig, PeftModel
 
+from vlsafe.data.length import token_lengths
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.benchmarks import BENIGN_SUBSET, get_benchmark, load_benign_prompts
 from vlsafe.evaluation.config import EvaluationConfig
@@ -27,6 +28,7 @@ from vlsafe.evaluation.metrics import load_metric
 from vlsafe.evaluation.metrics.proportions import proportion
 from vlsafe.evaluation.store import RecordStore
 from vlsafe.modeling import load_model, load_processor
+from vlsafe.speed import generation_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +137,7 @@ def generate_all(config: EvaluationConfig, prompts: dict[str, Dataset]) -> dict[
         ),
     }
     generations: dict[str, dict[str, list[dict]]] = {}
+    batch_size = config.batch_size or choose_batch_size(model, base_processor, prompts, config.max_new_tokens)
     for variant, processor in variants.items():
         store_settings = settings | (
             {"adapter": config.adapter, "merge_lora": config.merge_lora} if variant == "tuned" else {}
@@ -161,7 +164,7 @@ def generate_all(config: EvaluationConfig, prompts: dict[str, Dataset]) -> dict[
                     dataset,
                     [f"{config.benchmark}/{subset}/{sample_id}" for sample_id in dataset["id"]],
                     store=store,
-                    batch_size=config.batch_size,
+                    batch_size=batch_size,
                     max_new_tokens=config.max_new_tokens,
                 )
                 for subset, dataset in prompts.items()
@@ -172,6 +175,20 @@ def generate_all(config: EvaluationConfig, prompts: dict[str, Dataset]) -> dict[
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return generations
+
+
+def choose_batch_size(model, processor, prompts: dict, max_new_tokens: int) -> int:
+    """The generation batch size for this machine (`vlsafe.speed.generation_batch_size`), logged."""
+    if model.device.type != "cuda":
+        batch_size, why = generation_batch_size(model, max_new_tokens, None)
+    else:
+        longest = max(
+            (max(token_lengths(rows, processor), default=0) for rows in prompts.values()), default=0
+        )
+        free = torch.cuda.mem_get_info(model.device)[0]
+        batch_size, why = generation_batch_size(model, longest + max_new_tokens, free)
+    logger.info("batch_size = %d (%s); set batch_size to choose another", batch_size, why)
+    return batch_size
 
 
 def _build_judge(name: str, config: EvaluationConfig):
