@@ -112,6 +112,9 @@ def generate_records(
     every process returns the full list in input order.
     """
     state = process_state()
+    # Every process has loaded its store before any writes to it: otherwise a late process would find records
+    # another one just wrote, split a different pending list, and rows would fall between the two.
+    state.wait_for_everyone()
     pending = [index for index, key in enumerate(keys) if store is None or key not in store]
     pending.sort(key=lambda index: len(prompt_text(rows[index])))
     finished: list[tuple[int, dict[str, Any]]] = []
