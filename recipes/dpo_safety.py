@@ -24,7 +24,7 @@ from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pa
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
 from vlsafe.evaluation.generate import generate_records, process_state
-from vlsafe.evaluation.store import RecordStore
+from vlsafe.evaluation.store import RecordStore, weights_fingerprint
 from vlsafe.training import ImageDataArguments, load_for_training, resume_checkpoint
 
 logger = logging.getLogger("vlsafe.recipes.dpo_safety")
@@ -83,6 +83,7 @@ def policy_answers(
     settings = {
         "policy": model_args.model_name_or_path,
         "sft_adapter": data_args.sft_adapter,
+        "sft_adapter_weights": weights_fingerprint(data_args.sft_adapter),  # retrained: answers are stale
         "dataset": data_args.dataset,
         "max_new_tokens": data_args.generation_max_new_tokens,
     }
@@ -91,6 +92,7 @@ def policy_answers(
         "policy",
         settings,
         rank=process_state().process_index,
+        restart_if_stale=True,  # answers of another policy (e.g. a retrained SFT adapter) are of no use
     )
     records = generate_records(
         model,

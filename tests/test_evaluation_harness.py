@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +63,33 @@ def test_resume_generates_only_what_is_missing(tiny_models, synthetic_vlguard: P
     with pytest.raises(VlsafeError, match="other settings"):
         RecordStore(tmp_path, "base", {"max_new_tokens": 7})
     assert RecordStore(tmp_path, "base", {"max_new_tokens": 7}, resume=False).records == {}
+    assert not (tmp_path / "base.rank0.jsonl").exists()  # discarded; a new shard starts with the first record
+
+
+def test_stale_intermediate_records_are_discarded_shard_by_shard(tmp_path: Path, caplog) -> None:
+    old, new = {"policy": "v1"}, {"policy": "v2"}
+    RecordStore(tmp_path, "policy", old, rank=0).put("a", {"generation": "x"})
+    (tmp_path / "policy.rank0.jsonl").rename(tmp_path / "old")  # set aside while the new shard is written
+    RecordStore(tmp_path, "policy", new, rank=1).put("b", {"generation": "y"})
+    (tmp_path / "old").rename(tmp_path / "policy.rank0.jsonl")
+    with caplog.at_level(logging.WARNING):
+        store = RecordStore(tmp_path, "policy", new, rank=0, restart_if_stale=True)
+    assert "made with other settings" in caplog.text
+    assert set(store.records) == {"b"}  # the matching shard of the other process is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.rank1.jsonl"]
+
+
+def test_a_retrained_adapter_does_not_reuse_stored_answers(tmp_path: Path) -> None:
+    from vlsafe.evaluation.store import weights_fingerprint
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"v1")
+    before = weights_fingerprint(adapter)
+    assert before and weights_fingerprint(adapter) == before
+    os.utime(adapter / "adapter_model.safetensors", ns=(1, 1))  # written again by a new training run
+    assert weights_fingerprint(adapter) != before
+    assert weights_fingerprint("org/adapter-on-the-hub") is None
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from vlsafe.evaluation.judges.keyword import keyword_label
 from vlsafe.evaluation.judges.verdicts import SAFE, UNSAFE, PreferenceItem, SafetyItem, cohen_kappa
 from vlsafe.evaluation.metrics import load_metric
 from vlsafe.evaluation.metrics.proportions import proportion
-from vlsafe.evaluation.store import RecordStore
+from vlsafe.evaluation.store import RecordStore, weights_fingerprint
 from vlsafe.modeling import load_model, load_processor
 from vlsafe.speed import generation_batch_size
 
@@ -140,7 +140,13 @@ def generate_all(config: EvaluationConfig, prompts: dict[str, Dataset]) -> dict[
     batch_size = config.batch_size or choose_batch_size(model, base_processor, prompts, config.max_new_tokens)
     for variant, processor in variants.items():
         store_settings = settings | (
-            {"adapter": config.adapter, "merge_lora": config.merge_lora} if variant == "tuned" else {}
+            {
+                "adapter": config.adapter,
+                "adapter_weights": weights_fingerprint(config.adapter),  # a retrained adapter's are other
+                "merge_lora": config.merge_lora,
+            }
+            if variant == "tuned"
+            else {}
         )
         store = RecordStore(
             Path(config.output_dir) / "generations",
