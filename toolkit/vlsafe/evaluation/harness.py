@@ -142,7 +142,7 @@ def generate_all(config: EvaluationConfig, prompts: dict[str, Dataset]) -> dict[
         store_settings = settings | (
             {
                 "adapter": config.adapter,
-                "adapter_weights": weights_fingerprint(config.adapter),  # a retrained adapter's are other
+                "adapter_weights": weights_fingerprint(config.adapter),  # a retrained adapter: answers stale
                 "merge_lora": config.merge_lora,
             }
             if variant == "tuned"
