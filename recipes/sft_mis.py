@@ -98,13 +98,7 @@ def main(data_args: MISArguments, training_args: SFTConfig, model_args: ModelCon
     train_dataset = mix_with_helpfulness(safety, general, n_general, seed=training_args.seed)
 
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
-    trainer = build_sft_trainer(
-        train_dataset,
-        training_args,
-        model_args,
-        max_pixels=data_args.max_pixels,
-        auto_speed=data_args.auto_speed,
-    )
+    trainer = build_sft_trainer(train_dataset, training_args, model_args, data_args)
     train_and_save(trainer, run_record(data_args, model_args, n_general), hub_target)
 
 

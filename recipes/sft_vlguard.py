@@ -87,13 +87,7 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
     train_dataset = mix_with_helpfulness(safety, helpful, None, seed=training_args.seed)
 
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
-    trainer = build_sft_trainer(
-        train_dataset,
-        training_args,
-        model_args,
-        max_pixels=data_args.max_pixels,
-        auto_speed=data_args.auto_speed,
-    )
+    trainer = build_sft_trainer(train_dataset, training_args, model_args, data_args)
     train_and_save(trainer, run_record(data_args, model_args), hub_target)
 
 

@@ -130,7 +130,7 @@ def test_the_recipe_trainer_applies_the_choice_or_keeps_the_config(
     from trl import ModelConfig
 
     from vlsafe.data.vlguard import load_vlguard
-    from vlsafe.training import build_sft_trainer
+    from vlsafe.training import ImageDataArguments, build_sft_trainer
 
     training_args = SFTConfig(
         output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none", max_length=None
@@ -140,7 +140,7 @@ def test_the_recipe_trainer_applies_the_choice_or_keeps_the_config(
         load_vlguard(synthetic_vlguard, "train"),
         training_args,
         ModelConfig(model_name_or_path=str(tiny_models["llava"])),
-        auto_speed=auto_speed,
+        ImageDataArguments(auto_speed=auto_speed),
     )
     # The Trainer reads activation_checkpointing when training starts; TRL reads the old name when built.
     assert trainer.args.gradient_checkpointing is not auto_speed

@@ -115,22 +115,24 @@ def build_sft_trainer(
     train_dataset: Dataset,
     training_args: SFTConfig,
     model_args: ModelConfig,
-    *,
-    max_pixels: int | None = None,
-    auto_speed: bool = True,
+    data_args: ImageDataArguments | None = None,
 ) -> SFTTrainer:
     """An SFTTrainer with LoRA on the language model only, samples longer than `max_length` left out (counted),
-    and, with assistant-only loss, a template that masks images and prompts out of the loss. With
-    `auto_speed`, the speed settings are chosen for this machine and the data (`vlsafe.speed`)."""
+    and, with assistant-only loss, a template that masks images and prompts out of the loss. `data_args`
+    (default: its defaults) gives the image resolution cap and whether the speed settings are chosen for this
+    machine and the data (`auto_speed`, `vlsafe.speed`)."""
     if training_args.push_to_hub:
         raise VlsafeError(
             "push_to_hub is still on: the Trainer would commit at every save and write its own card. Call "
             "vlsafe.training.take_over_hub_push(training_args) first and pass its target to train_and_save, "
             "which publishes the finished folder in one commit."
         )
-    model, processor, peft_config = load_for_training(model_args, training_args, max_pixels=max_pixels)
+    data_args = data_args or ImageDataArguments()
+    model, processor, peft_config = load_for_training(
+        model_args, training_args, max_pixels=data_args.max_pixels
+    )
     return assemble_sft_trainer(
-        model, processor, peft_config, train_dataset, training_args, auto_speed=auto_speed
+        model, processor, peft_config, train_dataset, training_args, auto_speed=data_args.auto_speed
     )
 
 

@@ -34,15 +34,15 @@ def token_lengths(
     That shortcut is checked against the full processor on the first samples and used only when they agree;
     otherwise every sample goes through the processor.
     """
-    probe = dataset.select(range(min(VERIFY_SAMPLES, len(dataset))))
-    exact = processed_lengths(probe, processor, chat_template=chat_template, batch_size=batch_size)
     if not (hasattr(processor, "_get_num_multimodal_tokens") and getattr(processor, "image_token", None)):
         logger.info(
             "%s cannot count image tokens from sizes; running it on every sample", type(processor).__name__
         )
-    elif size_based_lengths(probe, processor, chat_template=chat_template) == exact:
-        return size_based_lengths(dataset, processor, chat_template=chat_template)
     else:
+        probe = dataset.select(range(min(VERIFY_SAMPLES, len(dataset))))
+        exact = processed_lengths(probe, processor, chat_template=chat_template, batch_size=batch_size)
+        if size_based_lengths(probe, processor, chat_template=chat_template) == exact:
+            return size_based_lengths(dataset, processor, chat_template=chat_template)
         logger.info(
             "Counting tokens from image sizes disagrees with %s; running it on every sample",
             type(processor).__name__,
