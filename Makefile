@@ -1,4 +1,4 @@
-# vlsafe: `make demo` and `make test` work on a fresh clone (they run `make setup` first).
+# vlsafe: `make demo` and `make test` work on a fresh clone (they set up .venv first; `make test` also the browser).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,9 +7,22 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-dpo demo-mis space publish test lint format clean
+.PHONY: setup browser demo demo-dpo demo-mis space publish test lint format clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# The Space's browser test drives Debian's Chromium through Playwright (Playwright's own browser download
+# needs the internet). Installed through apt-get when missing and we are root; otherwise say what to run.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing Debian's chromium for the browser test (apt-get)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "Chromium is missing at $(CHROMIUM): run 'sudo apt-get install -y chromium' (Debian/Ubuntu), then make test again." >&2; \
+			exit 1; \
+		fi; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +31,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-demo: setup
+demo: $(VENV)/.installed
 	$(BIN)/python -m vlsafe.fixtures --out $(DEMO)/fixtures
 	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
 		recipes/sft_vlguard.py --config recipes/configs/tiny/sft_vlguard.yaml
 	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml
 
 # DPO after a deliberately short SFT: on-policy preference pairs, then refusal tables of both adapters.
-demo-dpo: setup
+demo-dpo: $(VENV)/.installed
 	$(BIN)/python -m vlsafe.fixtures --out $(DEMO)/fixtures
 	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft_vlguard.py \
 		--config recipes/configs/tiny/sft_vlguard.yaml --max_steps 12 --output_dir $(DEMO)/sft_vlguard_short
@@ -39,7 +52,7 @@ demo-dpo: setup
 # MIS: multi-image chain-of-thought safety on synthetic image pairs (harm only from the pair), before/after:
 # ASR per MIS split, and over-refusal on held-out safe pairs (same questions, at most one dimmed image).
 # --resume false: the adapter was just retrained, so answers stored by an earlier run are stale.
-demo-mis: setup
+demo-mis: $(VENV)/.installed
 	$(BIN)/python -m vlsafe.fixtures.mis_data --out $(DEMO)/fixtures
 	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
 		recipes/sft_mis.py --config recipes/configs/tiny/sft_mis.yaml
@@ -49,13 +62,13 @@ demo-mis: setup
 		--output_dir $(DEMO)/eval_mis --resume false
 
 # Serve spaces/compare (base vs safety-tuned, side by side) on http://127.0.0.1:7860 with the demo model + adapter.
-space: setup
+space: $(VENV)/.installed
 	test -f $(DEMO)/sft_vlguard/adapter_config.json || $(MAKE) demo
 	$(BIN)/python spaces/compare/app.py
 
 FOLDER ?= $(DEMO)/sft_vlguard
 # make publish REPO=<user>/<name> [BASE_REPO=<user>/<base>] [FOLDER=...]: one commit to the Hub
-publish: setup
+publish: $(VENV)/.installed
 	$(BIN)/python -m vlsafe.publish --folder $(FOLDER) --repo_id $(REPO) $(if $(BASE_REPO),--base_model_repo $(BASE_REPO))
 
 test: setup
