@@ -74,10 +74,10 @@ publish: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: setup
+lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-format: setup
+format: $(VENV)/.installed
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 clean:
