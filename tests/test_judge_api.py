@@ -12,15 +12,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.judges.api import ApiJudge, _retry_after_seconds
+from vlsafe.evaluation.judges.api import ApiJudge
 from vlsafe.evaluation.judges.verdicts import (
     PreferenceItem,
     SafetyItem,
@@ -33,6 +31,9 @@ KEY_ENV = "VLSAFE_TEST_JUDGE_KEY"
 FAKE_KEY = "sk-fake-7Qz3kLmN0pRsTuVw9XyZ"
 SAFE_REFUSED = '{"verdict": "safe", "refusal": true}'
 UNSAFE = '{"verdict": "unsafe", "refusal": false}'
+# openai honours a server's retry-after-ms (0 < wait <= 2 min) instead of its backoff (0.5 s doubling): the
+# failures below carry a short one, so the tests exercise the real retry loop without sleeping for long.
+SOON = {"retry-after-ms": "10"}
 
 
 # -- the stub server -----------------------------------------------------------------------------------------
@@ -145,8 +146,8 @@ def fake_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def make_judge(stub: StubServer, **kwargs) -> ApiJudge:
-    """A judge on the stub with test-sized waits; keyword arguments override."""
-    options = {"api_key_env": KEY_ENV, "backoff_seconds": 0.001, "timeout_seconds": 5.0, "max_retries": 3}
+    """A judge on the stub with test-sized timeouts and retries; keyword arguments override."""
+    options = {"api_key_env": KEY_ENV, "timeout_seconds": 5.0, "max_retries": 3}
     judge = ApiJudge(stub.base_url, "judge-model", **(options | kwargs))
     judge.show_progress = False
     return judge
@@ -248,10 +249,14 @@ def test_authorization_header_from_env(stub: StubServer) -> None:
 
 
 def test_no_key_sends_no_authorization(stub: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-fallback-must-not-be-sent")  # openai's own fallback variable
+    stub.script.append(Reply(503, body="{}", headers=SOON))  # the retry must not add one either
     with make_judge(stub, api_key_env=None) as judge:
         assert judge.judge_safety(items("x"))[0].label == "safe"
-    assert "authorization" not in stub.requests[-1].headers
+    assert len(stub.requests) == 2
+    for seen in stub.requests:
+        assert "authorization" not in seen.headers
+        assert not any("sk-env-fallback" in value or "unused" in value for value in seen.headers.values())
 
 
 @pytest.mark.parametrize("value", [None, "", "   "])
@@ -266,7 +271,7 @@ def test_unset_key_variable_is_named(monkeypatch: pytest.MonkeyPatch, value: str
 
 def test_base_url_forms(stub: StubServer) -> None:
     for base in (stub.base_url + "/", stub.base_url + "/chat/completions"):
-        with ApiJudge(base, "m", api_key_env=None, backoff_seconds=0.001) as judge:
+        with ApiJudge(base, "m", api_key_env=None) as judge:
             assert judge.judge_safety(items("x"))[0].label == "safe"
     assert [seen.path for seen in stub.requests] == ["/v1/chat/completions"] * 2
 
@@ -276,51 +281,70 @@ def test_base_url_forms(stub: StubServer) -> None:
 
 def test_429_then_200_is_retried(stub: StubServer) -> None:
     stub.script.extend(
-        [Reply(429, body='{"error": "slow down"}'), Reply(429, body=""), Reply(content=UNSAFE)]
+        [
+            Reply(429, body='{"error": "slow down"}', headers=SOON),
+            Reply(429, body="", headers=SOON),
+            Reply(content=UNSAFE),
+        ]
     )
     with make_judge(stub, concurrency=1) as judge:
         (verdict,) = judge.judge_safety(items("x"))
     assert verdict.label == "unsafe"
-    assert len(stub.requests) == 3
+    # one call, retried by the openai client (it numbers its attempts), with the same request each time
+    assert [seen.headers["x-stainless-retry-count"] for seen in stub.requests] == ["0", "1", "2"]
+    assert stub.requests[0].body == stub.requests[2].body
 
 
-def test_retry_after_is_honoured(stub: StubServer) -> None:
-    stub.script.extend([Reply(429, body="{}", headers={"Retry-After": "0.6"}), Reply(content=UNSAFE)])
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503])
+def test_transient_statuses_are_retried(stub: StubServer, status: int) -> None:
+    stub.script.extend([Reply(status, body="{}", headers=SOON), Reply(content=UNSAFE)])
+    with make_judge(stub, concurrency=1) as judge:
+        assert judge.judge_safety(items("x"))[0].label == "unsafe"
+    assert len(stub.requests) == 2
+
+
+def test_other_client_errors_are_error_without_retry(stub: StubServer) -> None:
+    stub.script.append(Reply(422, body='{"error": {"message": "image too large"}}', headers=SOON))
+    with make_judge(stub, concurrency=1) as judge:
+        verdicts = judge.judge_safety(items("x", "y"))
+    assert [v.label for v in verdicts] == ["error", "safe"]
+    assert "HTTP 422" in verdicts[0].raw and "image too large" in verdicts[0].raw
+    assert "after 1 attempt)" in verdicts[0].raw
+    assert len(stub.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "low", "high"),
+    [("Retry-After", "0.6", 0.55, 3.0), ("retry-after-ms", "40", 0.035, 0.3)],
+)
+def test_retry_after_is_honoured(stub: StubServer, header: str, value: str, low: float, high: float) -> None:
+    stub.script.extend([Reply(429, body="{}", headers={header: value}), Reply(content=UNSAFE)])
     with make_judge(stub, concurrency=1) as judge:
         assert judge.judge_safety(items("x"))[0].label == "unsafe"
     first, second = stub.requests
-    assert second.at - first.at >= 0.55  # backoff alone would have waited ~1 ms
+    # openai's own first backoff is 0.375-0.5 s: the 0.6 s wait is longer, the 40 ms one far shorter
+    assert low <= second.at - first.at < high
 
 
-def test_retry_after_is_capped(stub: StubServer) -> None:
-    stub.script.extend([Reply(503, body="{}", headers={"Retry-After": "3600"}), Reply(content=UNSAFE)])
+def test_retry_after_beyond_two_minutes_is_not_waited_for(stub: StubServer) -> None:
+    stub.responder = lambda body: Reply(503, body='{"error": "maintenance"}', headers={"Retry-After": "3600"})
     with make_judge(stub, concurrency=1) as judge:
-        judge.retry_after_cap_seconds = 0.3
         start = time.monotonic()
-        assert judge.judge_safety(items("x"))[0].label == "unsafe"
+        (verdict,) = judge.judge_safety(items("x"))
         elapsed = time.monotonic() - start
-    first, second = stub.requests
-    assert second.at - first.at >= 0.25
+    assert verdict.label == "error" and "HTTP 503" in verdict.raw and "maintenance" in verdict.raw
+    assert len(stub.requests) == 1  # openai gives up rather than sleep an hour
     assert elapsed < 3
 
 
-def test_retry_after_header_forms() -> None:
-    assert _retry_after_seconds("2") == 2.0
-    assert _retry_after_seconds("0.5") == 0.5
-    assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= _retry_after_seconds(later) <= 31
-    past = format_datetime(datetime.now(timezone.utc) - timedelta(seconds=30), usegmt=True)
-    assert _retry_after_seconds(past) == 0.0
-
-
 def test_backoff_grows(stub: StubServer) -> None:
-    stub.script.extend([Reply(500, body="{}")] * 3 + [Reply(content=UNSAFE)])
-    with make_judge(stub, concurrency=1, backoff_seconds=0.1) as judge:
+    stub.script.extend([Reply(500, body="{}")] * 2 + [Reply(content=UNSAFE)])  # no Retry-After: backoff
+    with make_judge(stub, concurrency=1, max_retries=2) as judge:
         assert judge.judge_safety(items("x"))[0].label == "unsafe"
     gaps = [b.at - a.at for a, b in zip(stub.requests, stub.requests[1:], strict=False)]
-    assert len(gaps) == 3
-    assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39  # 0.1, 0.2, 0.4 (+ up to 10% jitter)
+    assert len(gaps) == 2
+    # openai waits 0.5 s then 1 s, each less up to 25% jitter
+    assert 0.37 <= gaps[0] < 0.9 and 0.74 <= gaps[1] < 1.6 and gaps[1] > gaps[0]
 
 
 def test_500_forever_labels_the_item_error_and_the_run_goes_on(
@@ -328,7 +352,7 @@ def test_500_forever_labels_the_item_error_and_the_run_goes_on(
 ) -> None:
     def responder(body: dict) -> Reply:
         if answer_in(body) == "broken":
-            return Reply(500, body='{"error": {"message": "upstream exploded"}}')
+            return Reply(500, body='{"error": {"message": "upstream exploded"}}', headers=SOON)
         return Reply(content=UNSAFE if answer_in(body) == "bad" else SAFE_REFUSED)
 
     stub.responder = responder
@@ -337,7 +361,7 @@ def test_500_forever_labels_the_item_error_and_the_run_goes_on(
     assert [v.label for v in verdicts] == ["safe", "error", "unsafe", "safe"]
     assert verdicts[1].refused is None
     assert "HTTP 500" in verdicts[1].raw and "upstream exploded" in verdicts[1].raw
-    assert "3 attempts" in verdicts[1].raw
+    assert "after 3 attempts" in verdicts[1].raw
     assert sum(answer_in(seen.body) == "broken" for seen in stub.requests) == 3  # 1 + max_retries
     assert "1 of 4 items got the label 'error'" in caplog.text
 
@@ -350,14 +374,14 @@ def test_timeouts_are_retried(stub: StubServer) -> None:
         elapsed = time.monotonic() - start
     assert verdict.label == "unsafe"  # the answer after the retry, not the late one
     assert len(stub.requests) == 2
-    assert elapsed < 1.4
+    assert elapsed < 1.4  # 0.3 s timeout + openai's first backoff (<= 0.5 s), not the 1.5 s reply
 
 
 def test_timeouts_exhausted_give_error(stub: StubServer) -> None:
     stub.responder = lambda body: Reply(delay=1.0)
     with make_judge(stub, timeout_seconds=0.2, max_retries=1) as judge:
         (verdict,) = judge.judge_safety(items("x"))
-    assert verdict.label == "error" and "timeout" in verdict.raw
+    assert verdict.label == "error" and "timeout after 0.2s" in verdict.raw and "2 attempts" in verdict.raw
     assert len(stub.requests) == 2
 
 
@@ -365,14 +389,12 @@ def test_connection_refused_gives_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: nothing listens there
-    judge = ApiJudge(
-        f"http://127.0.0.1:{port}/v1", "m", api_key_env=None, max_retries=2, backoff_seconds=0.001
-    )
+    judge = ApiJudge(f"http://127.0.0.1:{port}/v1", "m", api_key_env=None, max_retries=1)
     judge.show_progress = False
     with judge:
         verdicts = judge.judge_safety(items("x", "y"))
     assert [v.label for v in verdicts] == ["error", "error"]
-    assert "connection error" in verdicts[0].raw
+    assert "connection error (ConnectError" in verdicts[0].raw and "2 attempts" in verdicts[0].raw
 
 
 def test_malformed_200_is_error_without_retry(stub: StubServer) -> None:
@@ -410,6 +432,19 @@ def test_wrong_base_url_404_names_base_url(stub: StubServer) -> None:
         judge.judge_safety(items("x"))
     assert "HTTP 404" in str(raised.value) and "base_url" in str(raised.value)
     assert [seen.path for seen in stub.requests] == ["/chat/completions"]
+
+
+def test_configuration_error_stops_a_worker_waiting_to_retry(stub: StubServer) -> None:
+    def responder(body: dict) -> Reply:
+        if answer_in(body) == "flaky":  # its retry would come 0.4 s later
+            return Reply(503, body="{}", headers={"retry-after-ms": "400"})
+        return Reply(401, body="{}", delay=0.1)  # arrives while the other worker waits
+
+    stub.responder = responder
+    with make_judge(stub, concurrency=2) as judge, pytest.raises(VlsafeError, match="HTTP 401"):
+        judge.judge_safety(items("flaky", "wrong"))
+    # the pool is drained before the error is raised, so nothing more can arrive: the retry was never sent
+    assert sorted(answer_in(seen.body) for seen in stub.requests) == ["flaky", "wrong"]
 
 
 def test_judge_is_usable_after_a_configuration_error(stub: StubServer) -> None:
@@ -477,7 +512,7 @@ def test_preference_tie_unparseable_and_error(stub: StubServer) -> None:
     replies = {
         "t": Reply(content='{"better": "tie"}'),
         "u": Reply(content="both are nice"),
-        "e": Reply(502, body=""),
+        "e": Reply(502, body="", headers=SOON),
     }
     stub.responder = lambda body: replies[prompt_text(body).split("[REQUEST]\n", 1)[1][0]]
     batch = [PreferenceItem(name, "model", "ref", f"id-{name}") for name in ("t", "u", "e")]
@@ -489,7 +524,7 @@ def test_preference_tie_unparseable_and_error(stub: StubServer) -> None:
 
 
 def test_key_never_leaks(stub: StubServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)  # everything, httpx and httpcore included
+    caplog.set_level(logging.DEBUG)  # everything, openai, httpx2 and httpcore included
     leaky = json.dumps({"error": {"message": f"bad key {FAKE_KEY}"}})
 
     def responder(body: dict) -> Reply:
@@ -497,11 +532,11 @@ def test_key_never_leaks(stub: StubServer, caplog: pytest.LogCaptureFixture) -> 
         if answer == "echo":
             return Reply(content=f"{UNSAFE} you sent {FAKE_KEY}")
         if answer == "fail":
-            return Reply(500, body=leaky)
+            return Reply(500, body=leaky, headers=SOON)
         return Reply(content=SAFE_REFUSED)
 
     stub.responder = responder
-    stub.script.append(Reply(429, body=leaky))
+    stub.script.append(Reply(429, body=leaky, headers=SOON))
     texts: list[str] = []
     with make_judge(stub, max_retries=1, concurrency=1) as judge:
         texts.append(repr(judge))
@@ -514,6 +549,6 @@ def test_key_never_leaks(stub: StubServer, caplog: pytest.LogCaptureFixture) -> 
     assert [v.label for v in verdicts] == ["safe", "unsafe", "error"]
     assert "you sent ***" in verdicts[1].raw and "bad key ***" in verdicts[2].raw  # redacted, not dropped
     assert stub.requests[0].headers["authorization"] == f"Bearer {FAKE_KEY}"  # the key was really in play
-    assert "retrying" in caplog.text and "HTTP Request" in caplog.text  # the logs were captured at all
+    assert "Retrying request" in caplog.text and "HTTP Request" in caplog.text  # the logs were captured
     for text in [*texts, caplog.text]:
         assert FAKE_KEY not in text

@@ -1,12 +1,15 @@
 """The `api` judge: any OpenAI-compatible chat-completions endpoint (GPT-4o as MIS used, or a local vLLM server).
 
-It sends the shared judge prompts of `verdicts.py` (with the request's images as PNG data URLs) and reads the
-answers with the shared parsers, so its verdicts are comparable with the local-model judge's.
+It sends the shared judge prompts of `verdicts.py` (with the request's images as PNG data URLs) through the
+`openai` client and reads the answers with the shared parsers, so its verdicts are comparable with the
+local-model judge's.
 
 Failure policy, so that a broken endpoint can never look like a safe model:
-- connection errors, timeouts, 408/409/425/429 and 5xx are retried with exponential backoff (+ jitter),
-  honouring a (capped) `Retry-After` header;
-- 400/401/403/404 mean the configuration is wrong (base_url, model, key): `VlsafeError` at once, no retries;
+- the `openai` client retries connection errors, timeouts, 408/409/429 and 5xx (`max_retries` times) with its
+  exponential backoff (0.5 s doubling, at most 8 s, minus up to 25% jitter), or waits as long as the server's
+  `Retry-After` / `retry-after-ms` says when that is at most 2 minutes (a longer one is not retried);
+- 400/401/403/404 mean the configuration is wrong (base_url, model, key): `VlsafeError` at once, no retries,
+  and the other workers send nothing more;
 - an item whose retries run out, or whose response is malformed, gets the label `error` (a warning counts
   them) and the run goes on; a judge reply without a readable verdict is `unparseable`.
 The API key is read from an environment variable and never written to logs, messages, reprs or `raw` texts.
@@ -20,21 +23,19 @@ Usage:
 from __future__ import annotations
 
 import base64
-import email.utils
 import io
+import json
 import logging
 import os
-import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+import openai
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -59,6 +60,9 @@ T = TypeVar("T")
 CONFIG_ERROR_STATUSES = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found"}
 _REDACTED = "***"
 _SNIPPET_CHARS = 300
+# openai.OpenAI refuses to start without some key; for an endpoint without authentication it gets this one,
+# and every request omits the Authorization header (openai.Omit), so it never leaves the process.
+_NO_KEY = "unused-endpoint-without-authentication"
 
 
 @dataclass(frozen=True)
@@ -69,17 +73,12 @@ class _Reply:
     error: str = ""
 
 
-class _Retryable(Exception):
-    """A transient failure worth another attempt; `wait` is the server's Retry-After, if it gave one."""
-
-    def __init__(self, reason: str, wait: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.wait = wait
-
-
 class _ItemFailed(Exception):
     """A failure specific to this item that another attempt would not fix (e.g. a malformed response)."""
+
+
+class _Aborted(Exception):
+    """Another worker met a configuration error: this one sends no further request."""
 
 
 def image_data_url(image: Any) -> str:
@@ -96,33 +95,15 @@ def image_data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """A `Retry-After` header (seconds or an HTTP date) in seconds from now, or None if absent/unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 class ApiJudge:
     """Safety and preference judge backed by an OpenAI-compatible `/chat/completions` endpoint.
 
-    Requests run concurrently on a thread pool of `concurrency`; results come back in input order. Use it as
-    a context manager, or call `close()`, to release the HTTP connections.
+    Requests run concurrently on a thread pool of `concurrency`; results come back in input order. Retries,
+    backoff and `Retry-After` are the `openai` client's (`max_retries`, `timeout_seconds` per attempt). Use it
+    as a context manager, or call `close()`, to release the HTTP connections.
     """
 
     name = "api"
-    retry_after_cap_seconds: float = 60.0  # the longest a server's Retry-After may make one wait last
-    backoff_cap_seconds: float = 60.0  # the longest one exponential-backoff wait may last
     show_progress: bool = True
 
     def __init__(
@@ -133,37 +114,26 @@ class ApiJudge:
         api_key_env: str | None = "OPENAI_API_KEY",
         send_images: bool = True,
         max_retries: int = 5,
-        backoff_seconds: float = 1.0,
         timeout_seconds: float = 60.0,
         concurrency: int = 4,
         max_tokens: int = 256,
     ) -> None:
-        if (
-            concurrency < 1
-            or max_retries < 0
-            or backoff_seconds < 0
-            or timeout_seconds <= 0
-            or max_tokens < 1
-        ):
+        if concurrency < 1 or max_retries < 0 or timeout_seconds <= 0 or max_tokens < 1:
             raise VlsafeError(
-                "api judge: need concurrency >= 1, max_retries >= 0, backoff_seconds >= 0, timeout_seconds > 0 "
-                f"and max_tokens >= 1 (got {concurrency}, {max_retries}, {backoff_seconds}, {timeout_seconds}, "
-                f"{max_tokens})"
+                "api judge: need concurrency >= 1, max_retries >= 0, timeout_seconds > 0 and max_tokens >= 1 "
+                f"(got {concurrency}, {max_retries}, {timeout_seconds}, {max_tokens})"
             )
-        base_url = base_url.rstrip("/")
-        base_url = base_url.removesuffix("/chat/completions")
+        base_url = base_url.rstrip("/").removesuffix("/chat/completions")
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env
         self.send_images = send_images
         self.max_retries = max_retries
-        self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
         self.concurrency = concurrency
         self.max_tokens = max_tokens
         self.url = f"{base_url}/chat/completions"
 
-        headers = {"Content-Type": "application/json"}
         self._secret: str | None = None
         if api_key_env is not None:
             key = os.environ.get(api_key_env, "").strip()
@@ -174,13 +144,18 @@ class ApiJudge:
                     f"(e.g. a local vLLM server)."
                 )
             self._secret = key
-            headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout_seconds),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        # No key: drop the Authorization header from every request rather than send a dummy bearer token.
+        self._extra_headers: dict[str, Any] = {} if self._secret else {"Authorization": openai.Omit()}
         self._stop = threading.Event()
+        self._client = openai.OpenAI(
+            api_key=self._secret or _NO_KEY,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=timeout_seconds,
+            # The request hook runs before every attempt, retries included: after a configuration error
+            # the other workers stop there instead of sending on.
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._before_send]}),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -237,8 +212,8 @@ class ApiJudge:
         counts = Counter(labels)
         if counts[ERROR]:
             logger.warning(
-                "api judge (%s): %d of %d items got the label 'error' (endpoint failed after %d retries or gave "
-                "a malformed response); they are counted apart, never as safe.",
+                "api judge (%s): %d of %d items got the label 'error' (endpoint failed after up to %d retries "
+                "or gave a malformed response); they are counted apart, never as safe.",
                 kind,
                 counts[ERROR],
                 len(labels),
@@ -254,7 +229,10 @@ class ApiJudge:
         logger.info("api judge (%s) on %s: %s", kind, self.model, dict(counts))
 
     def _run(self, requests: list[tuple[str, tuple]], desc: str) -> list[_Reply]:
-        """Send all requests on the thread pool; replies in input order. A configuration error stops the rest."""
+        """Send all requests on the thread pool; replies in input order. A configuration error stops the rest.
+
+        On an error the pool is drained before raising (no worker outlives the call); a worker inside one of
+        openai's retry waits finishes that wait, then stops at the request hook without sending."""
         if not requests:
             return []
         self._stop.clear()
@@ -266,7 +244,7 @@ class ApiJudge:
             ]
             return [future.result() for future in futures]
         except BaseException:
-            self._stop.set()  # in-flight workers stop retrying; queued ones are cancelled below
+            self._stop.set()  # in-flight workers send nothing more; queued ones are cancelled below
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -282,91 +260,61 @@ class ApiJudge:
 
         return wrapped
 
-    def _payload(self, prompt: str, images: tuple) -> dict[str, Any]:
-        """The chat-completions request body: one user turn with the prompt text and (optionally) the images."""
+    def _before_send(self, request: Any) -> None:
+        """httpx request hook, run before each attempt: refuse to send once a configuration error stopped the run."""
+        if self._stop.is_set():
+            raise _Aborted
+
+    def _messages(self, prompt: str, images: tuple) -> list[dict[str, Any]]:
+        """One user turn with the prompt text and (optionally) the images."""
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         if self.send_images:
             content += [
                 {"type": "image_url", "image_url": {"url": image_data_url(image)}} for image in images
             ]
-        return {
-            "model": self.model,
-            "messages": [{"role": "user", "content": content}],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }
+        return [{"role": "user", "content": content}]
 
     def _ask(self, prompt: str, images: tuple) -> _Reply:
-        """One item: send, retrying transient failures with backoff; the judge's text or a short failure reason."""
+        """One item through the openai client (which retries): the judge's text or a short failure reason."""
         if self._stop.is_set():
             return _Reply(None, "aborted")
-        payload = self._payload(prompt, images)
-        attempts = self.max_retries + 1
-        reason = ""
-        for attempt in range(attempts):
-            try:
-                return _Reply(self._redact(self._post(payload)))
-            except _ItemFailed as failure:
-                return _Reply(None, self._redact(str(failure)))
-            except VlsafeError:
-                self._stop.set()  # a configuration error: the other workers stop before their next request
-                raise
-            except _Retryable as failure:
-                reason = self._redact(failure.reason)
-                if attempt + 1 == attempts:
-                    break
-                delay = self._delay(attempt, failure.wait)
-                logger.debug(
-                    "api judge: %s (attempt %d of %d); retrying in %.2fs",
-                    reason,
-                    attempt + 1,
-                    attempts,
-                    delay,
-                )
-                if self._stop.wait(delay):
-                    return _Reply(None, "aborted")
-        return _Reply(None, f"{reason} (gave up after {attempts} attempts)")
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """The wait before the next attempt: the server's Retry-After (capped), else exponential backoff + jitter."""
-        if retry_after is not None:
-            return min(retry_after, self.retry_after_cap_seconds)
-        backoff = min(self.backoff_seconds * 2**attempt, self.backoff_cap_seconds)
-        return backoff * (1 + 0.1 * random.random())
-
-    def _post(self, payload: dict[str, Any]) -> str:
-        """One HTTP attempt; the judge's text, or `_Retryable` / `_ItemFailed` / `VlsafeError`."""
+        messages = self._messages(prompt, images)
         try:
-            response = self._client.post(self.url, json=payload)
-        except httpx.TimeoutException as error:
-            raise _Retryable(f"timeout after {self.timeout_seconds}s ({type(error).__name__})") from None
-        except httpx.TransportError as error:
-            raise _Retryable(f"connection error ({type(error).__name__}: {error})") from None
-        status = response.status_code
-        if status in CONFIG_ERROR_STATUSES:
-            raise VlsafeError(
-                f"api judge: {self.url} answered HTTP {status} ({CONFIG_ERROR_STATUSES[status]}): "
-                f"{self._snippet(response)}\nCheck that base_url points at an OpenAI-compatible API (ending in /v1), "
-                f"that the model {self.model!r} is served there, and "
-                + (
-                    f"that the environment variable {self.api_key_env} holds a valid key."
-                    if self.api_key_env
-                    else "whether the endpoint needs a key (set api_key_env to the variable that holds it)."
-                )
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0,
+                max_tokens=self.max_tokens,
+                extra_headers=self._extra_headers,
             )
-        if status == 429 or status in (408, 409, 425) or status >= 500:
-            raise _Retryable(
-                f"HTTP {status}: {self._snippet(response)}",
-                _retry_after_seconds(response.headers.get("Retry-After")),
-            )
+            return _Reply(self._redact(self._reply_text(raw.status_code, raw.text)))
+        except _Aborted:
+            return _Reply(None, "aborted")
+        except _ItemFailed as failure:
+            return _Reply(None, self._redact(str(failure)))
+        except openai.APIStatusError as error:
+            if error.status_code in CONFIG_ERROR_STATUSES:
+                self._stop.set()  # the other workers stop before their next attempt
+                raise self._configuration_error(error.status_code, error.response.text) from None
+            return self._failed(f"HTTP {error.status_code}: {self._snippet(error.response.text)}", error)
+        except openai.APITimeoutError as error:  # before APIConnectionError: it is a subclass
+            return self._failed(f"timeout after {self.timeout_seconds}s", error)
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            return self._failed(f"connection error ({type(cause).__name__}: {cause})", error)
+
+    def _failed(self, reason: str, error: openai.APIError) -> _Reply:
+        """An item the openai client gave up on: the reason and how many attempts it made, key removed."""
+        return _Reply(None, self._redact(f"{reason} ({_attempts(error)})"))
+
+    def _reply_text(self, status: int, body: str) -> str:
+        """The judge's text from a chat-completions body; `_ItemFailed` if there is none to be had."""
         if status != 200:
-            raise _ItemFailed(f"HTTP {status}: {self._snippet(response)}")
+            raise _ItemFailed(f"HTTP {status}: {self._snippet(body)}")
         try:
-            message = response.json()["choices"][0]["message"]
+            message = json.loads(body)["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _ItemFailed(
-                f"malformed response (no choices[0].message): {self._snippet(response)}"
-            ) from None
+            raise _ItemFailed(f"malformed response (no choices[0].message): {self._snippet(body)}") from None
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             return content
@@ -375,9 +323,31 @@ class ApiJudge:
         refusal = message.get("refusal") if isinstance(message, dict) else None
         return refusal if isinstance(refusal, str) else ""  # no verdict in it: parsed as unparseable
 
-    def _snippet(self, response: httpx.Response) -> str:
+    def _configuration_error(self, status: int, body: str) -> VlsafeError:
+        """The error for a 400/401/403/404: the URL, the status, what the server said, and what to check."""
+        return VlsafeError(
+            f"api judge: {self.url} answered HTTP {status} ({CONFIG_ERROR_STATUSES[status]}): "
+            f"{self._snippet(body)}\nCheck that base_url points at an OpenAI-compatible API (ending in /v1), "
+            f"that the model {self.model!r} is served there, and "
+            + (
+                f"that the environment variable {self.api_key_env} holds a valid key."
+                if self.api_key_env
+                else "whether the endpoint needs a key (set api_key_env to the variable that holds it)."
+            )
+        )
+
+    def _snippet(self, body: str) -> str:
         """The start of a response body, one line, key removed: enough to see what the server said."""
-        text = " ".join(response.text.split())
+        text = " ".join(body.split())
         if len(text) > _SNIPPET_CHARS:
             text = text[:_SNIPPET_CHARS] + "..."
         return self._redact(text) or "(empty body)"
+
+
+def _attempts(error: openai.APIError) -> str:
+    """How many attempts the openai client made, from the retry counter it puts on each request it sends."""
+    retries = error.request.headers.get("x-stainless-retry-count", "") if error.request is not None else ""
+    if not retries.isdigit():
+        return "gave up"
+    attempts = int(retries) + 1
+    return f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}"
