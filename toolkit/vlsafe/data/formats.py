@@ -45,3 +45,14 @@ def rows_dataset(rows: list[dict[str, Any]], features: Features) -> Dataset:
     if not rows:
         return Dataset.from_dict({name: [] for name in features}, features=features)
     return Dataset.from_list(rows, features=features)
+
+
+def user_text(messages: list[dict[str, Any]]) -> str:
+    """The words of the user turns of a conversation (what reports and judges show as the request)."""
+    return "\n".join(
+        part["text"]
+        for message in messages
+        if message["role"] == "user"
+        for part in message["content"]
+        if part.get("text")
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import re
 import reprlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +98,41 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return _SHORT.repr(value)
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a data file (a leading byte-order mark allowed), or a `DataError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); download or regenerate it."
+        ) from None
+    except OSError as error:
+        raise DataError(f"Cannot read {path} ({error.strerror or error}); check the path.") from None
+
+
 def read_json_list(path: Path, what: str = "records") -> list[Any]:
     """The list of records in a .json file (or one record per line of a .jsonl file), or a clear error.
 
     Untrusted text: invalid UTF-8, malformed or too deeply nested JSON, integers too long for Python and
     lone surrogates (text no dataset can store) all become a `DataError` naming the file and the position.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is allowed
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); download or regenerate it."
-        ) from None
+    records = _read_json(path)
+    if not isinstance(records, list):
+        raise DataError(f"{path} must hold a JSON list of {what}, found {type(records).__name__}.")
+    return records
+
+
+def read_json_object(path: Path, what: str = "records keyed by id") -> dict[str, Any]:
+    """The JSON object in a .json file (benchmarks that key their records by id), or a clear error."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object of {what}, found {type(data).__name__}.")
+    return data
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed content of a .json (or .jsonl: a list of its lines) file, checked as `read_json_list` says."""
+    text = read_text(path)
     if path.suffix == ".jsonl":
         # Split on newlines only: str.splitlines() would also cut at U+2028 and others, valid inside strings.
         records = [
@@ -116,17 +142,58 @@ def read_json_list(path: Path, what: str = "records") -> list[Any]:
         ]
     else:
         records = _parse(text, path, "")
-    if not isinstance(records, list):
-        raise DataError(f"{path} must hold a JSON list of {what}, found {type(records).__name__}.")
     if _SURROGATE_ESCAPE.search(text):
-        for index, record in enumerate(records):
+        if isinstance(records, dict):
+            items = ((short_repr(key), record) for key, record in records.items())
+        else:
+            items = (
+                (f"#{index}", record)
+                for index, record in enumerate(records if isinstance(records, list) else [records])
+            )
+        for name, record in items:
             bad = _unencodable_text(record)
             if bad is not None:
                 raise DataError(
-                    f"Record #{index} in {path} holds text that is not valid Unicode (a lone surrogate escape "
-                    f"in {short_repr(bad)}); fix or remove the record."
+                    f"Record {name} in {path} holds text that is not valid Unicode (a lone surrogate escape in "
+                    f"{short_repr(bad)}); fix or remove the record."
                 )
     return records
+
+
+def read_csv_records(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header (benchmarks publish their prompts so), as dicts of strings.
+
+    The header must name every one of `columns` (others are kept); a row with a different number of fields,
+    text that is not UTF-8 or a NUL byte is a `DataError` naming the file and the line.
+    """
+    text = read_text(path)
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path} holds a NUL byte (line {line}): not a CSV text file; download it again.")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path} is empty; a CSV with the header {list(columns)} is expected.")
+        missing = [column for column in columns if column not in header]
+        if missing:
+            raise DataError(
+                f"{path} has the columns {short_repr(header)}, without {missing}: not the expected layout. "
+                "Download the file again from the benchmark's repository."
+            )
+        rows = []
+        for line in reader:
+            if not line:
+                continue
+            if len(line) != len(header):
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(line)} fields where the header has {len(header)}; "
+                    "the file is damaged (download it again) or the row needs quoting."
+                )
+            rows.append(dict(zip(header, line, strict=True)))
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({error}).") from None
+    return rows
 
 
 def _parse(text: str, path: Path, where: str) -> Any:

@@ -63,7 +63,7 @@ def load_vlguard(
     samples = [
         sample
         for index, record in enumerate(records)
-        for sample in _record_samples(record, index, records_path.name)
+        for sample in _record_samples(record, index, records_path.name, conversation=split == "train")
     ]
     if subset is not None:
         samples = [sample for sample in samples if sample["kind"] == SUBSET_KINDS[subset]]
@@ -76,6 +76,8 @@ def load_vlguard(
         dataset=f"VLGuard {split} ({source})",
         skip_missing=skip_missing_images,
     )
+    if split == "test":
+        _log_empty_references(samples, records_path)
     logger.info("VLGuard %s%s: %d samples", split, f"/{subset}" if subset else "", len(samples))
     return _to_dataset(samples, conversation=split == "train")
 
@@ -117,7 +119,7 @@ def _field(container: dict, name: str, kind: type, label: str) -> Any:
     return value
 
 
-def _record_samples(record: Any, index: int, where: str) -> list[dict[str, Any]]:
+def _record_samples(record: Any, index: int, where: str, *, conversation: bool) -> list[dict[str, Any]]:
     """One sample per instruction-response pair of a record, validated field by field."""
     if not isinstance(record, dict):
         raise DataError(
@@ -165,10 +167,40 @@ def _record_samples(record: Any, index: int, where: str) -> list[dict[str, Any]]
                 "image_path": image,
                 "record": label,
                 "instruction": _field(pair, keys[0], str, pair_label),
-                "response": _field(pair, "response", str, pair_label),
+                "response": _response(pair, pair_label, required=conversation),
             }
         )
     return samples
+
+
+def _response(pair: dict, label: str, *, required: bool) -> str | None:
+    """The reference answer of an instruction. A test prompt needs only its instruction (the real test.json has
+    17 records with an empty ``response``): there an empty one is None. A training sample learns the answer, so
+    there it must be a non-empty string."""
+    if required:
+        return _field(pair, "response", str, label)
+    value = pair.get("response", "")
+    if not isinstance(value, str):
+        raise DataError(
+            f"Malformed VLGuard record {label}: field 'response' must be a string, found {short_repr(value)}. "
+            "Fix or remove the record."
+        )
+    return value if value.strip() else None
+
+
+def _log_empty_references(samples: list[dict[str, Any]], path: Path) -> None:
+    """Count test prompts without a reference answer: they are evaluated, but get no win-rate verdict."""
+    empty = [sample for sample in samples if sample["response"] is None]
+    if empty:
+        first = ", ".join(sample["record"].split(" (#")[0] for sample in empty[:3])
+        logger.info(
+            "VLGuard %s: %d of %d prompts have an empty reference response (first: %s); they are evaluated "
+            "without a win-rate verdict",
+            path.name,
+            len(empty),
+            len(samples),
+            first,
+        )
 
 
 def _to_dataset(samples: list[dict[str, Any]], *, conversation: bool) -> Dataset:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 from trl.data_utils import prepare_multimodal_messages
 
+from vlsafe.data.formats import user_text
 from vlsafe.evaluation.store import RecordStore
 
 logger = logging.getLogger(__name__)
@@ -39,13 +40,7 @@ def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def prompt_text(row: dict[str, Any]) -> str:
     """The user's words of a prompt row (what reports and judges show as the request)."""
-    return "\n".join(
-        part["text"]
-        for m in row["messages"]
-        if m["role"] == "user"
-        for part in m["content"]
-        if part.get("text")
-    )
+    return user_text(row["messages"])
 
 
 @torch.inference_mode()

@@ -19,7 +19,8 @@ from peft import PeftConfig, PeftModel
 
 from vlsafe.data.length import token_lengths
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.benchmarks import BENIGN_SUBSET, get_benchmark, load_benign_prompts
+from vlsafe.evaluation.benchmarks import get_benchmark, load_benchmark
+from vlsafe.evaluation.benchmarks.benign import SUBSET as BENIGN_SUBSET
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import generate_records, process_state, prompt_text
 from vlsafe.evaluation.judges.keyword import keyword_label
@@ -59,12 +60,15 @@ def load_prompts(config: EvaluationConfig) -> dict[str, Dataset]:
     prompts = {}
     for subset in subsets:
         if subset == BENIGN_SUBSET:
-            dataset = load_benign_prompts(
-                config.benign_prompts, data_file=config.benign_data_file, image_root=config.benign_image_root
+            dataset = load_benchmark(
+                "benign",
+                config.benign_prompts,
+                data_file=config.benign_data_file,
+                image_root=config.benign_image_root,
             )
         else:
-            dataset = benchmark.load(
-                config.dataset or benchmark.default_source, subset, config.dataset_revision
+            dataset = load_benchmark(
+                config.benchmark, config.dataset, [subset], revision=config.dataset_revision
             )
         prompts[subset] = dataset.select(range(min(config.limit, len(dataset)))) if config.limit else dataset
     return prompts
@@ -362,7 +366,7 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any] | None:
                         "id": row["id"],
                         "category": row.get("category"),
                         "prompt": prompt_text(row),
-                        "reference": row.get("response"),
+                        "reference": row.get("reference"),
                         "images": row["images"],
                         **{k: record[k] for k in ("generation", "new_tokens", "truncated")},
                     }
