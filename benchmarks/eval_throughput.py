@@ -1,38 +1,59 @@
 """Evaluation throughput: vlsafe's generation engine vs a per-sample `generate` loop, same model and prompts.
 
-    python benchmarks/eval_throughput.py                          # CPU mode: tiny LLaVA fixture
-    python benchmarks/eval_throughput.py --shape llava-1.5-7b --prompts 512 --max_new_tokens 64
+    python benchmarks/eval_throughput.py [--rounds 5]             # CPU mode: tiny LLaVA fixture
+    python benchmarks/eval_throughput.py --shape llava-1.5-7b --prompts 512 --baseline_prompts 16 \
+        --max_new_tokens 64 --lora_r 128                          # GPU mode: random-weight 7B shape
+        [--threads N] [--warmup 4] [--json report.json] [--time_budget SECONDS]
 
-The model carries a LoRA adapter (rank --lora_r, random non-zero weights), as when evaluating a tuned
-adapter; prompts are VLGuard-shaped (one 400-1000 px image and an instruction from the real train.json when
-the project's shared folder is present). Baseline: the loop a user writes first (VLGuard's own evaluation
-does this): for each prompt, apply the chat template, `model.generate` greedily, decode. vlsafe:
-`vlsafe.evaluation.generate.generate_records`, what `recipes/evaluate_safety.py` runs (sorted by length,
-left padding, its batch size for the machine unless --batch_size is given). The baseline runs on
---baseline_prompts of the prompts (it is slow) and both are compared as tokens/s; the answers to those
-prompts must be identical (on a GPU in bf16, batching can change a rare near-tie; the count is printed).
+The model carries a LoRA adapter (rank --lora_r, random non-zero weights, the same in every process), as
+when evaluating a tuned adapter; prompts are VLGuard-shaped (one 400-1000 px image and an instruction from
+the real train.json when the project's shared folder is present). Baseline (`loop`): the loop a user writes
+first (VLGuard's own evaluation does this): for each prompt, apply the chat template, `model.generate`
+greedily, decode. vlsafe (`engine`): `vlsafe.evaluation.generate.generate_records`, what
+`recipes/evaluate_safety.py` runs (sorted by length, left padding, its batch size for the machine unless
+--batch_size is given). Both count new tokens the same way (up to the first end-of-sequence token).
+
+The methods alternate in fresh processes (loop, engine, loop, engine, ...) for --rounds rounds; each warms
+up on --warmup prompts before it is timed. By default both run all --prompts prompts. With
+--baseline_prompts N (the loop is slow on a GPU) the loop runs the first N of the shuffled prompts, a random
+sample: its tokens/s does not depend on how many prompts it runs (one at a time), so the engine's tokens/s
+on all prompts over it estimates the speed-up on the whole set; the engine is also timed on the same N
+prompts, and that like-for-like ratio is reported too. The answers to the loop's prompts must be identical
+in every round (on a GPU in bf16, batching can change a rare near-tie; the count is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import rounds
 import torch
+from datasets import Dataset
 from peft import get_peft_model
-from shapes import FAMILY, SHAPES, build_model, build_processor, write_vlguard_train
+from shapes import FAMILY, SHAPES, build_model, build_processor, tiny_checkpoint, write_vlguard_train
 
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.evaluation.generate import generate_records, prompt_messages
 from vlsafe.evaluation.harness import choose_batch_size
 from vlsafe.modeling import family_of, lora_config
 
+METHODS = {"loop": "per-sample generate loop", "engine": "vlsafe engine"}
+
+
+def answer_length(token_ids: list[int], eos: set[int]) -> int:
+    """New tokens of an answer up to (not including) its first end-of-sequence token, as the engine counts."""
+    return next((index for index, token in enumerate(token_ids) if token in eos), len(token_ids))
+
 
 @torch.inference_mode()
 def per_sample_loop(model, processor, rows, max_new_tokens: int) -> tuple[float, int, list[str]]:
-    """The baseline: one prompt at a time through `generate`."""
+    """The baseline: one prompt at a time through `generate`; seconds, new tokens, answers."""
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
     answers, new_tokens = [], 0
     start = time.perf_counter()
     for row in rows:
@@ -47,7 +68,7 @@ def per_sample_loop(model, processor, rows, max_new_tokens: int) -> tuple[float,
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         generated = output[0, inputs["input_ids"].shape[1] :]
-        new_tokens += int((generated != processor.tokenizer.pad_token_id).sum())
+        new_tokens += answer_length(generated.tolist(), eos)
         answers.append(processor.tokenizer.decode(generated, skip_special_tokens=True).strip())
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -55,7 +76,7 @@ def per_sample_loop(model, processor, rows, max_new_tokens: int) -> tuple[float,
 
 
 def engine(model, processor, rows, batch_size: int, max_new_tokens: int) -> tuple[float, int, list[str]]:
-    """vlsafe's engine, as recipes/evaluate_safety.py calls it."""
+    """vlsafe's engine, as recipes/evaluate_safety.py calls it; seconds, new tokens, answers."""
     start = time.perf_counter()
     records = generate_records(
         model,
@@ -87,55 +108,143 @@ def with_random_adapter(model, rank: int):
     return model.eval()
 
 
+def load_prompts(scratch: Path, count: int) -> Dataset:
+    """The first `count` VLGuard train samples after a seeded shuffle, cut to their user turn."""
+    return (
+        load_vlguard(scratch / "vlguard", "train")
+        .shuffle(seed=0)
+        .select(range(count))
+        .map(lambda row: {"messages": row["messages"][:1]})  # the user turn: a prompt
+    )
+
+
+def measure(args: argparse.Namespace, method: str) -> dict:
+    """One method's timed run in this (fresh) process, after its warm-up."""
+    torch.manual_seed(0)  # the 7B shapes are built with random weights: the same ones in every process
+    on_gpu = torch.cuda.is_available()
+    prompts = load_prompts(args.scratch, args.prompts)
+    rows = list(prompts)
+    checked = rows[: args.baseline_prompts]
+    processor = build_processor(args.shape, args.scratch)
+    model = build_model(args.shape, processor, args.scratch, torch.bfloat16 if on_gpu else torch.float32)
+    model = with_random_adapter(model, args.lora_r)
+    batch_size = args.batch_size or choose_batch_size(model, processor, {"all": prompts}, args.max_new_tokens)
+    warm = rows[: args.warmup]
+    if method == "loop":
+        per_sample_loop(model, processor, warm, args.max_new_tokens)
+        seconds, tokens, answers = per_sample_loop(model, processor, checked, args.max_new_tokens)
+        result = {"prompts": len(checked)}
+    else:
+        engine(model, processor, warm, batch_size, args.max_new_tokens)
+        seconds, tokens, answers = engine(model, processor, rows, batch_size, args.max_new_tokens)
+        result = {"prompts": len(rows)}
+        if len(checked) < len(rows):  # the engine's figure on the loop's prompts, for the like-for-like ratio
+            subset_s, subset_tokens, _ = engine(model, processor, checked, batch_size, args.max_new_tokens)
+            result |= {"subset_tokens_per_s": subset_tokens / subset_s}
+        answers = answers[: len(checked)]
+    return result | {
+        "seconds": seconds,
+        "new_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "prompts_per_s": result["prompts"] / seconds,
+        "batch_size": 1 if method == "loop" else batch_size,
+        "answers": answers,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shape", choices=SHAPES, default="tiny")
     parser.add_argument("--prompts", type=int, default=192)
-    parser.add_argument("--baseline_prompts", type=int, default=48)
+    parser.add_argument("--baseline_prompts", type=int, help="prompts of the loop (default: all --prompts)")
     parser.add_argument("--batch_size", type=int, help="default: evaluate_safety.py's choice for the machine")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=4, help="prompts each method runs untimed first")
+    parser.add_argument("--scratch", type=Path, help="work folder (default: a new temporary one)")
+    rounds.add_arguments(parser, list(METHODS))
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="vlsafe-eval-bench-"))
-    on_gpu = torch.cuda.is_available()
+    rounds.check_arguments(parser, args)
+    args.baseline_prompts = min(args.baseline_prompts or args.prompts, args.prompts)
+    if args.child:
+        rounds.run_child(args, measure)
+        return
 
-    write_vlguard_train(scratch / "vlguard", args.prompts)
-    prompts = (
-        load_vlguard(scratch / "vlguard", "train")
-        .shuffle(seed=0)
-        .select(range(args.prompts))
-        .map(lambda row: {"messages": row["messages"][:1]})  # the user turn: a prompt
+    args.scratch = args.scratch or Path(tempfile.mkdtemp(prefix="vlsafe-eval-bench-"))
+    write_vlguard_train(args.scratch / "vlguard", args.prompts)  # >= 1 sample per image: enough prompts
+    tiny_checkpoint(FAMILY[args.shape], args.scratch)  # built once, loaded by every child
+    results = rounds.alternate(__file__, list(METHODS), args, _child_options(args))
+    checks = [answers_check(results)]
+    for result in results:  # the answers are compared above; the report keeps the figures
+        for method in METHODS:
+            result[method].pop("answers")
+    subset = args.baseline_prompts < args.prompts
+    figures = [rounds.Figure("tokens_per_s", "tokens/s"), rounds.Figure("prompts_per_s", "prompts/s", 2)]
+    ratios = [
+        rounds.Ratio(
+            "speed-up engine / loop (tokens/s)", ("engine", "tokens_per_s"), ("loop", "tokens_per_s")
+        )
+    ]
+    notes = []
+    if subset:
+        figures.append(
+            rounds.Figure("subset_tokens_per_s", f"tokens/s on the loop's {args.baseline_prompts}")
+        )
+        ratios.append(
+            rounds.Ratio(
+                f"same {args.baseline_prompts} prompts: engine / loop",
+                ("engine", "subset_tokens_per_s"),
+                ("loop", "tokens_per_s"),
+            )
+        )
+        notes.append(
+            f"The loop ran a random sample of {args.baseline_prompts} of the {args.prompts} prompts (the "
+            "first of the seeded shuffle): one prompt at a time, its tokens/s does not depend on how many it "
+            "runs, while the engine's grows with the prompts it can batch. The first ratio estimates the "
+            "speed-up over all prompts; the second times the engine on the loop's prompts only."
+        )
+    report = rounds.build_report(
+        title="Evaluation throughput",
+        script=__file__,
+        argv=sys.argv[1:],
+        args=args,
+        methods=METHODS,
+        rounds=results,
+        figures=figures,
+        ratios=ratios,
+        checks=checks,
+        settings={
+            "shape": f"{args.shape} ({FAMILY[args.shape]})",
+            "adapter": f"LoRA r{args.lora_r} (random non-zero weights)",
+            "prompts": f"loop {args.baseline_prompts}, engine {args.prompts}",
+            "max_new_tokens": args.max_new_tokens,
+            "greedy; engine batch": results[0]["engine"]["batch_size"],
+            "warm-up prompts": args.warmup,
+        },
+        notes=notes,
     )
-    rows = list(prompts)
-    processor = build_processor(args.shape, scratch)
-    model = build_model(args.shape, processor, scratch, torch.bfloat16 if on_gpu else torch.float32)
-    model = with_random_adapter(model, args.lora_r)
-    batch_size = args.batch_size or choose_batch_size(model, processor, {"all": prompts}, args.max_new_tokens)
-    engine(model, processor, rows[:4], batch_size, 4)  # warm-up (kernels, allocator)
-    per_sample_loop(model, processor, rows[:2], 4)
+    rounds.publish(report, args.json)
 
-    checked = rows[: args.baseline_prompts]
-    loop_s, loop_tokens, loop_answers = per_sample_loop(model, processor, checked, args.max_new_tokens)
-    engine_s, engine_tokens, engine_answers = engine(model, processor, rows, batch_size, args.max_new_tokens)
-    same = sum(a == b for a, b in zip(loop_answers, engine_answers, strict=False))
-    device = torch.cuda.get_device_name() if on_gpu else "CPU"
-    print(
-        f"{args.shape} ({FAMILY[args.shape]}) + LoRA r{args.lora_r} on {device}; max_new_tokens "
-        f"{args.max_new_tokens}; baseline on {len(checked)} prompts, engine on {len(rows)}"
-    )
-    print("| method | prompts | tokens/s | prompts/s |")
-    print("|---|---|---|---|")
-    print(
-        f"| per-sample generate loop | {len(checked)} | {loop_tokens / loop_s:.1f} | {len(checked) / loop_s:.2f} |"
-    )
-    print(
-        f"| vlsafe engine, batch {batch_size} | {len(rows)} | {engine_tokens / engine_s:.1f} | "
-        f"{len(rows) / engine_s:.2f} |"
-    )
-    print(f"speed-up (tokens/s): {(engine_tokens / engine_s) / (loop_tokens / loop_s):.2f}x")
-    print(f"identical answers: {same}/{len(checked)}")
+
+def answers_check(results: list[dict[str, dict]]) -> rounds.Check:
+    """Per round: how many of the loop's answers the engine gave word for word."""
+    values, passed = [], True
+    for result in results:
+        loop, engine_ = result["loop"]["answers"], result["engine"]["answers"]
+        same = sum(a == b for a, b in zip(loop, engine_, strict=True))
+        values.append(f"{same}/{len(loop)}")
+        passed &= same == len(loop)
+    return rounds.Check("identical answers", values, passed)
+
+
+def _child_options(args: argparse.Namespace) -> list[str]:
+    """This script's measurement options, resolved, for the child processes."""
+    argv = ["--shape", args.shape, "--prompts", str(args.prompts)]
+    argv += ["--baseline_prompts", str(args.baseline_prompts), "--max_new_tokens", str(args.max_new_tokens)]
+    argv += ["--lora_r", str(args.lora_r), "--warmup", str(args.warmup), "--scratch", str(args.scratch)]
+    return argv + (["--batch_size", str(args.batch_size)] if args.batch_size else [])
 
 
 if __name__ == "__main__":

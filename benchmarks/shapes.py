@@ -7,6 +7,7 @@ image preprocessing is the real checkpoints' (576 image tokens for LLaVA-1.5, na
 from __future__ import annotations
 
 import json
+import os
 import random
 import zipfile
 from io import BytesIO
@@ -41,10 +42,19 @@ WORDS = (
 SHARED_VLGUARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard" / "train.json"
 
 
+def tiny_checkpoint(family: str, scratch: Path) -> Path:
+    """The tiny fixture of `family` in `scratch`, built once: every process of a benchmark loads the same
+    files (built in a side folder, then renamed, so a crashed build is never taken for a finished one)."""
+    final = scratch / f"tiny-{family}"
+    if not final.is_dir():
+        partial = build_tiny_vlm(family, scratch / f"tiny-{family}.partial-{os.getpid()}")
+        partial.rename(final)
+    return final
+
+
 def build_processor(shape: str, scratch: Path) -> ProcessorMixin:
     """The processor of `shape`: the tiny fixture's tokenizer and template, the real image preprocessing."""
-    tiny = build_tiny_vlm(FAMILY[shape], scratch / f"tiny-{FAMILY[shape]}")
-    processor = AutoProcessor.from_pretrained(tiny)
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint(FAMILY[shape], scratch))
     if shape == "llava-1.5-7b":  # CLIP ViT-L/14 at 336 px: 24 x 24 = 576 image tokens
         return LlavaProcessor(
             image_processor=CLIPImageProcessor(
@@ -66,7 +76,9 @@ def build_model(shape: str, processor: ProcessorMixin, scratch: Path, dtype: tor
     """A random-weight model of `shape` (the tiny fixture itself for "tiny"), on the GPU when there is one."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if shape == "tiny":
-        return AutoModelForImageTextToText.from_pretrained(scratch / "tiny-llava", dtype=dtype).to(device)
+        return AutoModelForImageTextToText.from_pretrained(tiny_checkpoint("llava", scratch), dtype=dtype).to(
+            device
+        )
     with torch.device(device):
         return AutoModelForImageTextToText.from_config(
             model_config(shape, processor, scratch), dtype=dtype, attn_implementation="sdpa"
@@ -108,7 +120,7 @@ def model_config(shape: str, processor: ProcessorMixin, scratch: Path) -> Pretra
             vision_feature_layer=-2,
             pad_token_id=tokenizer.pad_token_id,
         )
-    tiny = AutoConfig.from_pretrained(scratch / "tiny-qwen2_5_vl")
+    tiny = AutoConfig.from_pretrained(tiny_checkpoint("qwen2_5_vl", scratch))
     text = {
         k: v for k, v in tiny.text_config.to_dict().items() if k not in ("layer_types", "max_window_layers")
     }
