@@ -1,5 +1,5 @@
 """DPO safety tuning: prefer refusals over the model's own harmful answers, and helpful answers over needless
-refusals, with LoRA on the language model (optionally continuing an SFT adapter).
+refusals, with LoRA on the language model (optionally continuing an SFT adapter) or full fine-tuning of it.
 
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml \
         recipes/dpo_safety.py --config recipes/configs/llava-1.5-7b/dpo_safety.yaml
@@ -7,7 +7,12 @@ refusals, with LoRA on the language model (optionally continuing an SFT adapter)
 Pairs are built on-policy from VLGuard train (the policy's own answers, judged by the keyword judge), or
 imported from an existing preference file (`preference_file`, e.g. SPA-VL-style json). With `sft_adapter`
 the adapter is trained further and the reference model is a frozen copy of it; without, a fresh LoRA is
-trained against the base model (adapter disabled).
+trained against the base model (adapter disabled); with `--use_peft false` the language model is trained in
+full against a frozen copy of the starting weights (pass a fully fine-tuned SFT model as model_name_or_path).
+Pairs longer than `max_length` are left out (counted), never truncated. The output folder holds the adapter
+(or full weights), processor, training_summary.json (pair counts and provenance) and the model card; with
+`--push_to_hub --hub_model_id <user>/<name>` it is published in one commit at the end. Re-running an
+interrupted run continues from its newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -17,15 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from peft import PeftModel
-from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
+from datasets import Dataset
+from trl import DPOConfig, ModelConfig, TrlParser
 
 from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pairs
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
 from vlsafe.evaluation.generate import generate_records, process_state
 from vlsafe.evaluation.store import RecordStore, weights_fingerprint
-from vlsafe.training import ImageDataArguments, load_for_training, resume_checkpoint
+from vlsafe.training import (
+    DatasetRef,
+    ImageDataArguments,
+    ModelArguments,
+    RunRecord,
+    build_dpo_trainer,
+    load_for_training,
+    take_over_hub_push,
+    train_and_save,
+)
 
 logger = logging.getLogger("vlsafe.recipes.dpo_safety")
 
@@ -68,6 +82,10 @@ class DPOSafetyArguments(ImageDataArguments):
     push_pairs: str | None = field(
         default=None, metadata={"help": "Hub dataset repo to publish the pairs to."}
     )
+    license: str = field(
+        default="other",
+        metadata={"help": "License in the model's card: the base model's (e.g. apache-2.0, llama2)."},
+    )
 
 
 def policy_answers(
@@ -106,17 +124,11 @@ def policy_answers(
     return [record["generation"] for record in records]
 
 
-def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model, processor, peft_config = load_for_training(
-        model_args,
-        training_args,
-        max_pixels=data_args.max_pixels,
-        processor_source=data_args.sft_adapter or None,
-    )
-    if data_args.sft_adapter:  # train the SFT adapter further; TRL keeps a frozen copy of it as the reference
-        model, peft_config = PeftModel.from_pretrained(model, data_args.sft_adapter, is_trainable=True), None
-
+def preference_pairs(
+    model, processor, data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig
+) -> Dataset:
+    """The pairs to train on: imported from `preference_file`, or built from VLGuard train (on-policy answers
+    from `model` unless `on_policy` is off)."""
     if data_args.preference_file:
         pairs = load_preference_json(
             data_args.preference_file,
@@ -143,31 +155,61 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
             harmful_fraction=data_args.harmful_fraction,
             seed=training_args.seed,
         )
+    return pairs
+
+
+def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelArguments) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = training_args.hub_token  # for push_pairs: take_over_hub_push moves it out of the arguments
+    hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
+    adapter = data_args.sft_adapter or None  # continued: TRL keeps a frozen copy of it as the reference
+    model, processor, peft_config = load_for_training(
+        model_args, training_args, max_pixels=data_args.max_pixels, processor_source=adapter, adapter=adapter
+    )
+    pairs = preference_pairs(model, processor, data_args, training_args, model_args)
     if data_args.save_pairs or data_args.push_pairs:
         folder = data_args.save_pairs or f"{training_args.output_dir}/pairs"
         source = data_args.preference_file or data_args.dataset
         save_preference_pairs(pairs, folder, source=source)
         if data_args.push_pairs and PartialState().is_main_process:
-            push_preference_pairs(folder, data_args.push_pairs, token=training_args.hub_token)
+            push_preference_pairs(folder, data_args.push_pairs, token=token)
 
-    trainer = DPOTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=pairs,
-        processing_class=processor,
-        peft_config=peft_config,
+    trainer = build_dpo_trainer(
+        pairs, training_args, model_args, model, processor, peft_config, auto_speed=data_args.auto_speed
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    if "ref" in getattr(policy, "peft_config", {}):
-        policy.delete_adapter(
-            "ref"
-        )  # TRL's frozen copy of the SFT adapter: the reference, not part of the result
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-        logger.info("Saved adapter and processor to %s", training_args.output_dir)
+    train_and_save(trainer, run_record(data_args, model_args), hub_target)
+
+
+def run_record(data_args: DPOSafetyArguments, model_args: ModelConfig) -> RunRecord:
+    """The run as the card tells it: base model, the adapter it continued, where the pairs came from."""
+    if data_args.preference_file:
+        datasets, settings = [DatasetRef("preferences", data_args.preference_file)], {}
+    else:
+        datasets = [
+            DatasetRef(
+                "preference prompts",
+                data_args.dataset,
+                data_args.dataset_revision,
+                split="train",
+                samples=data_args.max_prompts,
+            )
+        ]
+        settings = {
+            "on_policy": data_args.on_policy,
+            "generation_max_new_tokens": data_args.generation_max_new_tokens,
+            "synthetic_compliance": data_args.synthetic_compliance or None,
+            "harmful_fraction": data_args.harmful_fraction,
+        }
+    return RunRecord(
+        recipe="dpo_safety",
+        base_model=model_args.model_name_or_path,
+        base_revision=model_args.model_revision,
+        datasets=datasets,
+        license=data_args.license,
+        continued_from=data_args.sft_adapter or None,
+        settings=settings,
+    )
 
 
 if __name__ == "__main__":
-    main(*TrlParser((DPOSafetyArguments, DPOConfig, ModelConfig)).parse_args_and_config())
+    main(*TrlParser((DPOSafetyArguments, DPOConfig, ModelArguments)).parse_args_and_config())

@@ -4,10 +4,12 @@
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml \
         recipes/sft_mis.py --config recipes/configs/qwen2.5-vl-7b/sft_mis.yaml
 
-Any config value can be overridden on the command line (`--general_ratio 0.2`). Samples longer than
-`max_length` tokens (images included) are left out before training, with a count in the log, rather than
-truncated. The output folder holds the LoRA adapter, processor, tokenizer and chat template,
-training_summary.json and the model card, and loads with `AutoModelForImageTextToText.from_pretrained`.
+Any config value can be overridden on the command line (`--general_ratio 0.2`); `--use_peft false` fully
+fine-tunes the language model, as the paper's released models are (vision tower and projector frozen). Samples
+longer than `max_length` tokens (images included) are left out before training, with a count in the log,
+rather than truncated. The output folder holds the LoRA adapter (or the full weights), processor, tokenizer and
+chat template, training_summary.json and the model card, and loads with
+`AutoModelForImageTextToText.from_pretrained`.
 With `--push_to_hub --hub_model_id <user>/<name>` the finished folder is published in one commit at the end.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import SFTConfig, TrlParser
 
 from vlsafe.data.mis import MIS_TRAIN_REPO, load_mis_train
 from vlsafe.data.mixture import mix_with_helpfulness
@@ -25,6 +27,7 @@ from vlsafe.errors import DataError
 from vlsafe.training import (
     DatasetRef,
     ImageDataArguments,
+    ModelArguments,
     RunRecord,
     build_sft_trainer,
     take_over_hub_push,
@@ -75,7 +78,7 @@ def general_samples(safety_samples: int, ratio: float) -> int:
     return round(safety_samples * ratio / (1 - ratio))
 
 
-def main(data_args: MISArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+def main(data_args: MISArguments, training_args: SFTConfig, model_args: ModelArguments) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     safety = load_mis_train(
@@ -102,7 +105,7 @@ def main(data_args: MISArguments, training_args: SFTConfig, model_args: ModelCon
     train_and_save(trainer, run_record(data_args, model_args, n_general), hub_target)
 
 
-def run_record(data_args: MISArguments, model_args: ModelConfig, n_general: int) -> RunRecord:
+def run_record(data_args: MISArguments, model_args: ModelArguments, n_general: int) -> RunRecord:
     """The run as the card tells it: recipe, base model and datasets as the user named them."""
     datasets = [DatasetRef("safety", data_args.dataset, data_args.dataset_revision, split="train")]
     if data_args.general_dataset:
@@ -124,5 +127,5 @@ def run_record(data_args: MISArguments, model_args: ModelConfig, n_general: int)
 
 
 if __name__ == "__main__":
-    parser = TrlParser((MISArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((MISArguments, SFTConfig, ModelArguments))
     main(*parser.parse_args_and_config())

@@ -3,9 +3,11 @@
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml \
         recipes/sft_vlguard.py --config recipes/configs/llava-1.5-7b/sft_vlguard.yaml
 
-Any config value can be overridden on the command line (`--learning_rate 1e-4`). The output folder holds
-the LoRA adapter, processor, tokenizer and chat template, training_summary.json and the model card
-(README.md), and loads with `AutoModelForImageTextToText.from_pretrained(output_dir)`. With
+Any config value can be overridden on the command line (`--learning_rate 1e-4`); `--use_peft false` fully
+fine-tunes the language model instead (vision tower and projector frozen unless `--train_vision_tower` /
+`--train_projector`). The output folder holds the LoRA adapter (or the full weights), processor, tokenizer and
+chat template, training_summary.json and the model card (README.md), and loads with
+`AutoModelForImageTextToText.from_pretrained(output_dir)`. With
 `--push_to_hub --hub_model_id <user>/<name>` the finished folder is published in one commit at the end.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import SFTConfig, TrlParser
 
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
@@ -22,6 +24,7 @@ from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
 from vlsafe.training import (
     DatasetRef,
     ImageDataArguments,
+    ModelArguments,
     RunRecord,
     build_sft_trainer,
     take_over_hub_push,
@@ -63,7 +66,7 @@ class VLGuardArguments(ImageDataArguments):
     )
 
 
-def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: ModelArguments) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     safety = load_vlguard(
@@ -91,7 +94,7 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
     train_and_save(trainer, run_record(data_args, model_args), hub_target)
 
 
-def run_record(data_args: VLGuardArguments, model_args: ModelConfig) -> RunRecord:
+def run_record(data_args: VLGuardArguments, model_args: ModelArguments) -> RunRecord:
     """The run as the card tells it: recipe, base model and datasets as the user named them."""
     datasets = [DatasetRef("safety", data_args.dataset, data_args.dataset_revision, split="train")]
     if data_args.helpful_dataset and data_args.helpful_samples != 0:
@@ -113,5 +116,5 @@ def run_record(data_args: VLGuardArguments, model_args: ModelConfig) -> RunRecor
 
 
 if __name__ == "__main__":
-    parser = TrlParser((VLGuardArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((VLGuardArguments, SFTConfig, ModelArguments))
     main(*parser.parse_args_and_config())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from trl import ModelConfig, SFTConfig
+from trl import SFTConfig
 
 from tests.conftest import REPO, run_checked
 
@@ -22,7 +22,7 @@ from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.fixtures import FAMILIES
 from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
-from vlsafe.training import build_sft_trainer
+from vlsafe.training import ModelArguments, build_sft_trainer
 
 
 def run_recipe(model: Path, mis_train: Path, general: Path, out: Path, *extra: str):
@@ -76,7 +76,7 @@ def test_labels_cover_exactly_the_chain_of_thought_over_two_images(
     args = SFTConfig(
         output_dir=str(tmp_path), assistant_only_loss=True, max_length=None, use_cpu=True, report_to="none"
     )
-    trainer = build_sft_trainer(dataset, args, ModelConfig(model_name_or_path=str(tiny_models[family])))
+    trainer = build_sft_trainer(dataset, args, ModelArguments(model_name_or_path=str(tiny_models[family])))
     rows = [dict(dataset[i]) for i in range(4)]
     batch = trainer.data_collator([dict(row) for row in rows])
     tokenizer = trainer.processing_class.tokenizer

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import ModelConfig, SFTConfig
+from trl import SFTConfig
 
 from tests.conftest import REPO, run_checked
 from vlsafe.data.mixture import mix_with_helpfulness
@@ -17,7 +17,7 @@ from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.fixtures import FAMILIES
 from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
-from vlsafe.training import build_sft_trainer
+from vlsafe.training import ModelArguments, build_sft_trainer
 
 
 def run_recipe(model: Path, vlguard: Path, helpful: Path, out: Path, *extra: str):
@@ -105,7 +105,7 @@ def trainers(tiny_models, synthetic_vlguard: Path, synthetic_helpful: Path, tmp_
             report_to="none",
         )
         built[family] = (
-            build_sft_trainer(dataset, args, ModelConfig(model_name_or_path=str(tiny_models[family]))),
+            build_sft_trainer(dataset, args, ModelArguments(model_name_or_path=str(tiny_models[family]))),
             dataset,
         )
     return built

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 from trl import SFTConfig
 
-from vlsafe.modeling import family_of, lora_config
+from vlsafe.modeling import family_of, lora_config, set_trainable_parts
 from vlsafe.speed import apply_speed_settings, choose_speed_settings, estimated_peak_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -121,16 +121,96 @@ def test_apply_sets_and_logs_each_choice(llava_7b, caplog):
     assert "--auto_speed false" in caplog.text
 
 
+@pytest.fixture(scope="module")
+def llava_7b_full(tmp_path_factory: pytest.TempPathFactory):
+    """LLaVA-1.5-7B set up for full fine-tuning of its language model (its own copy: requires_grad changes)."""
+    scratch = tmp_path_factory.mktemp("shapes-full")
+    config = model_config("llava-1.5-7b", build_processor("llava-1.5-7b", scratch), scratch)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    parts = set_trainable_parts(model, family_of("llava"), ("language_model",))
+    assert parts.trained_parameters == 6_738_939_904  # Vicuna-7B with LLaVA's 32,064-token vocabulary
+    return model
+
+
+def test_full_finetuning_adds_gradients_and_adam_moments_of_every_language_model_parameter(
+    llava_7b, llava_7b_full
+):
+    """bf16: each of the 6.74B trained parameters adds a gradient and two AdamW moments of 2 bytes (40.4 GB);
+    LoRA r128 adds 16 bytes for each of its ~0.32B adapter parameters instead."""
+    model, lora = llava_7b
+    kwargs = {"batch_size": 8, "tokens": 900, "checkpointing": False}
+    full = estimated_peak_bytes(llava_7b_full, None, **kwargs)
+    with_lora = estimated_peak_bytes(model, lora, **kwargs)
+    assert full - with_lora == 6_738_939_904 * 6 - lora_parameters(model, lora) * 16
+    assert 110 < full / GB < 112
+    frozen_vision = sum(p.numel() for p in llava_7b_full.parameters() if not p.requires_grad)
+    assert 0.3e9 < frozen_vision < 0.33e9  # CLIP ViT-L/14-336 and the projector: no gradients, no moments
+
+
+def lora_parameters(model, lora) -> int:
+    """LoRA's parameters on the model's targeted linear layers (r x (in + out) each)."""
+    from vlsafe.speed import _is_lora_target
+
+    return sum(
+        lora.r * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and _is_lora_target(lora, name)
+    )
+
+
+def test_full_finetuning_needs_smaller_micro_batches(llava_7b_full, caplog):
+    assert choose(llava_7b_full, None, 141) == {
+        "gradient_checkpointing": False,  # 111 GB of 127 GB usable at batch 8
+        "dataloader_num_workers": 4,
+        "dataloader_persistent_workers": True,
+    }
+    chosen = choose(llava_7b_full, None, 80)
+    assert (
+        chosen["per_device_train_batch_size"] == 2 and chosen["gradient_accumulation_steps"] == 8
+    )  # LoRA: 4
+    with caplog.at_level(logging.WARNING, logger="vlsafe.speed"):
+        assert choose(llava_7b_full, None, 24)["gradient_checkpointing"] is True
+    assert "expect to run out of memory" in caplog.text  # 55 GB even with checkpointing: honest about it
+
+
+def test_dpo_holds_chosen_and_rejected_and_full_finetuning_a_reference_copy(llava_7b, llava_7b_full):
+    model, lora = llava_7b
+    kwargs = {"tokens": 900, "checkpointing": False}
+    # A batch of 8 pairs is 16 sequences; the LoRA reference is the same weights with the adapter off.
+    assert estimated_peak_bytes(model, lora, batch_size=8, pairs=True, **kwargs) == estimated_peak_bytes(
+        model, lora, batch_size=16, **kwargs
+    )
+    weights = sum(p.numel() * p.element_size() for p in llava_7b_full.parameters())
+    assert estimated_peak_bytes(llava_7b_full, None, batch_size=8, pairs=True, **kwargs) == (
+        estimated_peak_bytes(llava_7b_full, None, batch_size=16, **kwargs) + weights
+    )
+    assert choose(model, lora, 141)["gradient_checkpointing"] is False
+    assert choose(model, lora, 141, pairs=True)["per_device_train_batch_size"] == 4  # SFT keeps 8
+    assert choose(llava_7b_full, None, 141, pairs=True)["per_device_train_batch_size"] == 4  # 125 of 127 GB
+
+
+def test_a_continued_adapter_s_reference_is_a_copy_of_the_adapter(tiny_models):
+    from peft import get_peft_model
+
+    from vlsafe.modeling import load_model
+    from vlsafe.speed import reference_bytes
+
+    model = get_peft_model(
+        load_model(str(tiny_models["llava"]), dtype="float32"), lora_config(family_of("llava"))
+    )
+    adapter = sum(p.numel() * 4 for name, p in model.named_parameters() if "lora_" in name)
+    assert reference_bytes(model, None) == adapter > 0
+
+
 @pytest.mark.parametrize("auto_speed", [True, False])
 def test_the_recipe_trainer_applies_the_choice_or_keeps_the_config(
     auto_speed, tiny_models, synthetic_vlguard, tmp_path
 ):
     """build_sft_trainer (what the SFT recipes call) on CPU: auto_speed turns checkpointing off; without it
     the configured value (TRL's default, on) stays."""
-    from trl import ModelConfig
-
     from vlsafe.data.vlguard import load_vlguard
-    from vlsafe.training import ImageDataArguments, build_sft_trainer
+    from vlsafe.training import ImageDataArguments, ModelArguments, build_sft_trainer
 
     training_args = SFTConfig(
         output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none", max_length=None
@@ -139,7 +219,7 @@ def test_the_recipe_trainer_applies_the_choice_or_keeps_the_config(
     trainer = build_sft_trainer(
         load_vlguard(synthetic_vlguard, "train"),
         training_args,
-        ModelConfig(model_name_or_path=str(tiny_models["llava"])),
+        ModelArguments(model_name_or_path=str(tiny_models["llava"])),
         ImageDataArguments(auto_speed=auto_speed),
     )
     # The Trainer reads activation_checkpointing when training starts; TRL reads the old name when built.

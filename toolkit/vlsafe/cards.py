@@ -1,8 +1,10 @@
-"""Model cards for vlsafe adapters: what the adapter does, how it was trained, and its safety numbers.
+"""Model cards for vlsafe's trained models: what the adapter (or fully fine-tuned model) does, how it was trained,
+and its safety numbers.
 
 The card (README.md of the output folder) is rendered from `cards/adapter_card.md.jinja` with what the folder
-holds: ``adapter_config.json`` (PEFT), ``training_summary.json`` (written by training), ``results.json`` and
-``results.png`` (written by evaluation). Training writes the card, evaluation updates it with
+holds: ``adapter_config.json`` (PEFT; a fully fine-tuned model has ``config.json`` and ``model*.safetensors``
+instead), ``training_summary.json`` (written by training), ``results.json`` and ``results.png`` (written by
+evaluation). Training writes the card, evaluation updates it with
 `update_card`, and `vlsafe.hub` re-renders it on push with the Hub ids of the adapter and its base model.
 The front matter is built with `huggingface_hub.ModelCardData`, so `model-index` is what the Hub parses.
 """
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CARD = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CONFIG = "config.json"
 SUMMARY = "training_summary.json"
 RESULTS = "results.json"
 PLOT = "results.png"
@@ -51,6 +54,18 @@ RECIPES = {
         "sft",
     ),
     "sft_mis": Recipe("mis", "MIS multi-image safety fine-tuning", "MIS (Ding et al., 2025)", "sft"),
+    "dpo_safety": Recipe(
+        "safety-dpo",
+        "DPO safety tuning (preference pairs that punish harm and over-refusal)",
+        "[DPO](https://arxiv.org/abs/2305.18290) (Rafailov et al., NeurIPS 2023)",
+        "dpo",
+    ),
+}
+PARTS = {"language_model": "language model", "vision_tower": "vision tower", "projector": "projector"}
+REJECTED_SOURCES = {  # where a DPO pair's rejected answer came from
+    "on_policy": "the model's own answer (the keyword judge found it harmful, or a needless refusal)",
+    "synthetic": "a fixed compliant answer (the model had refused the harmful prompt)",
+    "template": "a refusal template (the model had answered the safe prompt)",
 }
 BENCHMARKS = {"vlguard": "VLGuard", "mis": "MIS"}
 METRICS = {  # metric -> (label, better)
@@ -68,6 +83,17 @@ JUDGES = {
     ),
 }
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def is_full_model(folder: str | Path) -> bool:
+    """True for a folder of full model weights (config.json + model*.safetensors, no adapter_config.json), as
+    full fine-tuning (use_peft false) leaves it; load it with AutoModelForImageTextToText.from_pretrained."""
+    folder = Path(folder)
+    return (
+        not (folder / ADAPTER_CONFIG).is_file()
+        and (folder / MODEL_CONFIG).is_file()
+        and any(folder.glob("model*.safetensors"))
+    )
 
 
 def looks_like_repo_id(name: str | None) -> bool:
@@ -233,15 +259,24 @@ def comparison_rows(results: dict[str, Any], *, categories: bool = False) -> lis
 def card_context(
     folder: str | Path, *, repo_id: str | None = None, base_model: str | None = None
 ) -> dict[str, Any]:
-    """Everything the adapter card shows, read from `folder`; `repo_id`/`base_model` are the Hub ids the
-    card should name (at push time), else the ones recorded in the folder."""
+    """Everything the card shows, read from `folder` (an adapter, or a fully fine-tuned model with its training
+    summary); `repo_id`/`base_model` are the Hub ids the card should name (at push time), else the ones
+    recorded in the folder."""
     folder = Path(folder)
     adapter = read_json(folder / ADAPTER_CONFIG, "PEFT adapter config")
-    if adapter is None:
+    full = adapter is None and is_full_model(folder)
+    if adapter is None and not full:
         raise VlsafeError(
-            f"{folder} has no {ADAPTER_CONFIG}: not a PEFT adapter folder. Point at the training output_dir."
+            f"{folder} has no {ADAPTER_CONFIG} nor {MODEL_CONFIG} with model*.safetensors weights: not a PEFT "
+            "adapter folder nor a full model folder. Point at the training output_dir."
         )
     summary = read_json(folder / SUMMARY, "training summary") or {}
+    if full and not summary:
+        raise VlsafeError(
+            f"{folder} holds full model weights but no {SUMMARY}: vlsafe writes cards for the models its recipes "
+            "trained. Train with a vlsafe recipe, or write the card yourself."
+        )
+    adapter = adapter or {}
     results = read_results(folder / RESULTS) if (folder / RESULTS).is_file() else None
     recorded_base = (summary.get("base_model") or {}).get("name_or_path") or adapter.get(
         "base_model_name_or_path"
@@ -252,34 +287,50 @@ def card_context(
     recipe = RECIPES.get(recipe_name or "", Recipe(recipe_name, "safety fine-tuning"))
     model_ref = repo_id or summary.get("hub_model_id") or f"<your-username>/{folder.resolve().name}"
     name = model_ref.split("/")[-1]
+    lora = summary.get("lora") or ({} if full else _lora_from_adapter(adapter))
 
     datasets = summary.get("datasets", [])
+    tags = (
+        "vlsafe",
+        "safety",
+        None if full else "lora",
+        recipe.tag,
+        "trl",
+        recipe.method or summary.get("method"),
+    )
     card_data = ModelCardData(
         base_model=hub_base,
-        library_name="peft",
+        library_name="transformers" if full else "peft",
         pipeline_tag="image-text-to-text",
         license=summary.get("license") or "other",
         datasets=[d["source"] for d in datasets if looks_like_repo_id(d.get("source"))] or None,
-        tags=list(
-            dict.fromkeys(t for t in ("vlsafe", "safety", "lora", recipe.tag, "trl", recipe.method) if t)
-        ),
+        tags=list(dict.fromkeys(t for t in tags if t)),
         model_name=name,
         eval_results=eval_results(results) if results else None,
     )
     judges = (results or {}).get("judges", [])
+    pairs = summary.get("preference_pairs")
     return {
         "card_data": card_data.to_yaml(),
         "name": name,
         "model_ref": model_ref,
         "base_model": base,
         "base_is_local": hub_base is None,
+        "full": full,
+        "what_trained": what_trained(summary, lora, full),
+        "loss": loss_description(summary),
         "recipe": recipe,
         "recipe_name": recipe_name,
         "summary": summary,
         "base_revision": (summary.get("base_model") or {}).get("revision") or adapter.get("revision"),
-        "hyperparameters": hyperparameters(summary.get("lora") or _lora_from_adapter(adapter), summary),
+        "hyperparameters": hyperparameters(lora, summary),
         "datasets": datasets,
         "samples": summary.get("samples", {}),
+        "pairs": pairs,
+        "rejected_sources": [
+            (source, REJECTED_SOURCES.get(source, source))
+            for source in (pairs or {}).get("by_rejected_source", {})
+        ],
         "results": results,
         "rows": comparison_rows(results) if results else [],
         "category_rows": comparison_rows(results, categories=True) if results else [],
@@ -288,15 +339,68 @@ def card_context(
     }
 
 
+def what_trained(summary: dict[str, Any], lora: dict[str, Any], full: bool) -> str:
+    """E.g. "full fine-tuning of the language model (1,234 parameters trained), vision tower and projector
+    frozen", or "LoRA on the language model only (the vision tower and projector are untouched)"."""
+    tuning = summary.get("finetuning") or {}
+    if full:
+        trained = [PARTS.get(p, p) for p in tuning.get("trained_parts", ["language_model"])]
+        frozen = [PARTS.get(p, p) for p in tuning.get("frozen_parts", ["vision_tower", "projector"])]
+        count = tuning.get("trained_parameters")
+        counted = f" ({count:,} parameters trained)" if isinstance(count, int) else ""
+        return f"full fine-tuning of the {_and(trained)}{counted}, {_and(frozen) or 'nothing'} frozen"
+    targets = lora.get("target_modules")
+    default = isinstance(targets, str) and r"layers\.\d+\.(self_attn|mlp)" in targets
+    on = "the language model" if default else f"the modules `{_targets(targets)}`"
+    saved = lora.get("modules_to_save") or []
+    if not saved:
+        return f"LoRA on {on} only (the vision tower and projector are untouched)"
+    return f"LoRA on {on}, and the modules `{', '.join(saved)}` trained in full"
+
+
+def loss_description(summary: dict[str, Any]) -> str | None:
+    """What the loss was computed on; None when the run is not recorded."""
+    if summary.get("method") == "dpo" or "dpo" in summary:
+        beta = (summary.get("dpo") or {}).get("beta")
+        return f"DPO loss{f' (beta {beta})' if beta is not None else ''} on preferred vs rejected answers"
+    only = (summary.get("training") or {}).get("assistant_only_loss")
+    if only is None:
+        return "loss on the assistant answers only" if summary.get("recipe") else None
+    return "loss on the assistant answers only" if only else "loss on the whole conversation"
+
+
+def _and(items: list[str]) -> str:
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _targets(targets: Any) -> str:
+    return ", ".join(sorted(targets)) if isinstance(targets, list) else str(targets)
+
+
 def hyperparameters(lora: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, Any]]:
     """(label, value) pairs for the card's hyper-parameter table; unrecorded ones are left out."""
     training = summary.get("training", {})
-    targets = lora.get("target_modules")
+    tuning = summary.get("finetuning") or {}
+    dpo = summary.get("dpo") or {}
     max_steps = training.get("max_steps")
-    items = [
-        ("LoRA rank r / alpha / dropout", f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')}"),
-        ("LoRA targets", f"`{', '.join(sorted(targets)) if isinstance(targets, list) else targets}`"),
-        ("rsLoRA / DoRA", f"{lora.get('use_rslora', False)} / {lora.get('use_dora', False)}"),
+    items = []
+    if lora:
+        items += [
+            (
+                "LoRA rank r / alpha / dropout",
+                f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')}",
+            ),
+            ("LoRA targets", f"`{_targets(lora.get('target_modules'))}`"),
+            ("Modules trained in full", ", ".join(lora.get("modules_to_save") or []) or None),
+            ("rsLoRA / DoRA", f"{lora.get('use_rslora', False)} / {lora.get('use_dora', False)}"),
+        ]
+    if isinstance(tuning.get("trained_parameters"), int):
+        trained = f"{tuning['trained_parameters']:,} of {tuning.get('total_parameters', 0):,}"
+        items.append(("Parameters trained", trained))
+    items += [
+        ("DPO beta", dpo.get("beta")),
+        ("DPO loss", ", ".join(dpo.get("loss_type") or []) or None),
+        ("DPO reference model", dpo.get("reference")),
         ("Learning rate (schedule)", _join(training.get("learning_rate"), training.get("lr_scheduler_type"))),
         ("Epochs", training.get("num_train_epochs")),
         ("Max steps", max_steps if max_steps and max_steps > 0 else None),
@@ -344,7 +448,7 @@ def _lora_from_adapter(adapter: dict[str, Any]) -> dict[str, Any]:
 def render_adapter_card(
     folder: str | Path, *, repo_id: str | None = None, base_model: str | None = None
 ) -> str:
-    """The README.md text of the adapter in `folder` (see `card_context`)."""
+    """The README.md text of the adapter or fully fine-tuned model in `folder` (see `card_context`)."""
     return render("adapter_card.md.jinja", **card_context(folder, repo_id=repo_id, base_model=base_model))
 
 

@@ -1,8 +1,8 @@
 """Publish vlsafe output folders to the Hugging Face Hub, and load published adapters back.
 
-`push_to_hub` sends a folder (a training output: adapter, processor and tokenizer files, chat template, card,
-results.json, plot; or any safetensors model folder, such as a local base model) to a model repo in one
-commit, so a revision is either complete or absent. It creates
+`push_to_hub` sends a folder (a training output: adapter or full weights, processor and tokenizer files, chat
+template, card, results.json, plot; or any safetensors model folder, such as a local base model) to a model repo
+in one commit, so a revision is either complete or absent. It creates
 the repo if needed, honours ``HF_ENDPOINT``, the token (argument, ``HF_TOKEN`` or ``hf auth login``) and a
 target branch, retries transient failures, and publishes safetensors only. `load_adapter` loads a published
 (or local) adapter onto its base model and returns the processor with it.
@@ -22,7 +22,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from peft import PeftModel
 from transformers import PreTrainedModel, ProcessorMixin
 
-from vlsafe.cards import ADAPTER_CONFIG, CARD, looks_like_repo_id, render_adapter_card
+from vlsafe.cards import ADAPTER_CONFIG, CARD, SUMMARY, is_full_model, looks_like_repo_id, render_adapter_card
 from vlsafe.data.sources import hub_file, is_local
 from vlsafe.errors import HubAccessError, VlsafeError
 from vlsafe.modeling import load_model, load_processor
@@ -146,8 +146,11 @@ def publishable_files(folder: Path) -> dict[str, Path]:
 
 
 def _adapter_overrides(folder: Path, base_model_repo: str | None, repo_id: str) -> dict[str, bytes]:
-    """Contents that differ in the pushed copy of an adapter: its config (Hub base id) and its card."""
+    """Contents that differ in the pushed copy of an adapter: its config (Hub base id) and its card; of a
+    fully fine-tuned vlsafe model (full weights + training summary): its card."""
     config_path = folder / ADAPTER_CONFIG
+    if is_full_model(folder) and (folder / SUMMARY).is_file():
+        return {CARD: render_adapter_card(folder, repo_id=repo_id, base_model=base_model_repo).encode()}
     if not config_path.is_file():
         return {}
     config = json.loads(config_path.read_text(encoding="utf-8"))

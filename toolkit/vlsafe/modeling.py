@@ -1,7 +1,9 @@
-"""Load a VLM and its processor for safety fine-tuning; LoRA targets and training chat templates per family.
+"""Load a VLM and its processor for safety fine-tuning; its parts, LoRA targets and training chat templates per
+family.
 
 The VLGuard recipe adapts only the language model: the vision tower and the projector stay untouched, so
-LoRA targets are the attention and MLP projections of the language model's layers, per family.
+LoRA targets are the attention and MLP projections of the language model's layers, per family, and full
+fine-tuning (the MIS paper's released models) trains the language model's parameters and freezes the rest.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import torch
 from peft import LoraConfig
@@ -32,23 +35,40 @@ LM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 
 @dataclass(frozen=True)
 class Family:
-    """What vlsafe needs to know about one VLM architecture."""
+    """What vlsafe needs to know about one VLM architecture: the names of its three parts (submodules of the
+    model, e.g. ``model.language_model``) and its training chat template."""
 
     name: str
-    language_model: str  # name of the language-model submodule (its layers are LoRA's targets)
+    language_model: str  # the language-model submodule (its layers are LoRA's targets)
+    vision_tower: str
+    projector: str  # may sit inside the vision tower's module (Qwen-VL's `visual.merger`)
     training_template: str | None = None  # vlsafe's template with {% generation %} markers, if TRL has none
 
 
 FAMILIES = {
-    "llava": Family("llava", "language_model", training_template="llava_training.jinja"),
-    "qwen2_5_vl": Family("qwen2_5_vl", "language_model"),
-    "qwen2_vl": Family("qwen2_vl", "language_model"),
-    "idefics3": Family("idefics3", "text_model"),
-    "smolvlm": Family("smolvlm", "text_model"),
+    "llava": Family(
+        "llava",
+        "language_model",
+        "vision_tower",
+        "multi_modal_projector",
+        training_template="llava_training.jinja",
+    ),
+    "qwen2_5_vl": Family("qwen2_5_vl", "language_model", "visual", "visual.merger"),
+    "qwen2_vl": Family("qwen2_vl", "language_model", "visual", "visual.merger"),
+    "idefics3": Family("idefics3", "text_model", "vision_model", "connector"),
+    "smolvlm": Family("smolvlm", "text_model", "vision_model", "connector"),
     # InternVL2.5/3 in transformers' native format (the OpenGVLab/*-hf checkpoints); TRL has no training
     # template for them. The vision tower's layers are `encoder.layer.N.attention`, so the regex never hits them.
-    "internvl": Family("internvl", "language_model", training_template="internvl_training.jinja"),
+    "internvl": Family(
+        "internvl",
+        "language_model",
+        "vision_tower",
+        "multi_modal_projector",
+        training_template="internvl_training.jinja",
+    ),
 }
+LM_HEAD = "lm_head"  # the language model's output layer, outside its submodule in transformers' VLM classes
+PARTS = ("language_model", "vision_tower", "projector")
 
 
 def family_of(model_type: str) -> Family:
@@ -65,6 +85,64 @@ def family_of(model_type: str) -> Family:
 def lora_target_modules(family: Family) -> str:
     """A PEFT regex for the linear layers of the language model only (never the vision tower or projector)."""
     return rf".*\.{family.language_model}\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(LM_LINEAR_LAYERS)})"
+
+
+def model_part(family: Family, parameter_name: str) -> str:
+    """Which part of a `family` model a parameter (or module) belongs to: "language_model" (its output layer
+    included), "vision_tower", "projector", or "other". Works on PEFT-wrapped names too."""
+    name = f".{parameter_name}."
+    if f".{family.projector}." in name:  # first: Qwen-VL's projector sits inside the vision tower's module
+        return "projector"
+    if f".{family.vision_tower}." in name:
+        return "vision_tower"
+    if f".{family.language_model}." in name or f".{LM_HEAD}." in name:
+        return "language_model"
+    return "other"
+
+
+@dataclass(frozen=True)
+class TrainedParts:
+    """What full fine-tuning trains: parameter counts per part, and which parts train."""
+
+    trained: tuple[str, ...]
+    frozen: tuple[str, ...]
+    trained_parameters: int
+    total_parameters: int
+
+
+def set_trainable_parts(model: PreTrainedModel, family: Family, trained: tuple[str, ...]) -> TrainedParts:
+    """Let exactly the parameters of the `trained` parts (of PARTS) take gradients, freeze every other one.
+
+    Full fine-tuning of the language model leaves the vision tower and projector as they are, like LoRA does;
+    parameters of no known part (none in the supported families) are frozen and logged.
+    """
+    unknown = set(trained) - set(PARTS)
+    if unknown:
+        raise VlsafeError(f"Unknown model part(s) {sorted(unknown)}; the parts are {list(PARTS)}.")
+    counts = dict.fromkeys((*PARTS, "other"), 0)
+    trained_count = 0
+    for name, parameter in model.named_parameters():  # a tied weight appears once
+        part = model_part(family, name)
+        parameter.requires_grad_(part in trained)
+        counts[part] += parameter.numel()
+        trained_count += parameter.numel() if part in trained else 0
+    missing = [part for part in trained if counts[part] == 0]
+    if missing:
+        raise VlsafeError(
+            f"No parameters of the {', '.join(missing)} found in this {family.name} model (looked for "
+            f"{[getattr(family, part) for part in missing]}); the Family entry in vlsafe.modeling needs fixing."
+        )
+    if counts["other"]:
+        logger.warning("%d parameters belong to no known part of the model: frozen", counts["other"])
+    frozen = tuple(part for part in PARTS if part not in trained)
+    logger.info(
+        "Full fine-tuning of %s: %d of %d parameters train; %s frozen",
+        ", ".join(trained),
+        trained_count,
+        sum(counts.values()),
+        ", ".join(frozen) or "nothing",
+    )
+    return TrainedParts(tuple(trained), frozen, trained_count, sum(counts.values()))
 
 
 def lora_config(
@@ -135,25 +213,23 @@ def load_model(
     revision: str | None = None,
     dtype: str | torch.dtype = "auto",
     attn_implementation: str | None = None,
-    load_in_4bit: bool = False,
     trust_remote_code: bool = False,
+    quantization_config: BitsAndBytesConfig | None = None,
+    **init_kwargs: Any,
 ) -> PreTrainedModel:
-    """Load the VLM with the Auto class; 4-bit loading (QLoRA) needs the `quant` extra (bitsandbytes)."""
+    """Load the VLM with the Auto class, safetensors only. Quantized loading (QLoRA: `quantization_config`,
+    e.g. from TRL's get_quantization_config) needs the `quant` extra (bitsandbytes); `init_kwargs` go to
+    from_pretrained as they are (e.g. device_map)."""
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     family_of(config.model_type)  # fail early, before downloading weights, on an unsupported family
-    kwargs = {}
-    if load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise VlsafeError(
-                "load_in_4bit needs bitsandbytes: install vlsafe with the `quant` extra (pip install 'vlsafe[quant]')."
-            )
-        compute = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else torch.bfloat16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=compute,
-            bnb_4bit_use_double_quant=True,
+    if quantization_config is not None and importlib.util.find_spec("bitsandbytes") is None:
+        flag = "load_in_8bit" if quantization_config.load_in_8bit else "load_in_4bit"
+        raise VlsafeError(
+            f"{flag} needs bitsandbytes, which is not installed: install vlsafe with the `quant` extra "
+            f"(pip install 'vlsafe[quant]'), or drop {flag} to train on unquantized weights."
         )
+    if quantization_config is not None:
+        init_kwargs["quantization_config"] = quantization_config
     return AutoModelForImageTextToText.from_pretrained(
         name_or_path,
         revision=revision,
@@ -161,7 +237,7 @@ def load_model(
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
-        **kwargs,
+        **init_kwargs,
     )
 
 

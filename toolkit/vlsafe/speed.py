@@ -8,6 +8,10 @@ GPU (7.9 -> 10.6 samples/s with 4 dataloader workers). Turning checkpointing off
 estimates the peak first and, when the configured batch does not fit, splits it into smaller micro-batches
 with more accumulation steps (the same effective batch, hence the same loss curve) before falling back to
 checkpointing. Liger's layer kernels (RMSNorm, SwiGLU, RoPE) are used when the `liger` extra is installed.
+
+The estimate covers LoRA and full fine-tuning (gradients and Adam moments of every trained parameter), SFT and
+DPO (chosen and rejected sequences in one batch; for full fine-tuning a frozen reference copy of the weights).
+It is per device and does not model sharding (DeepSpeed ZeRO, FSDP), which only lowers the real peak.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from peft import LoraConfig
 from transformers import PreTrainedModel, TrainingArguments
 
@@ -30,6 +35,9 @@ logger = logging.getLogger(__name__)
 # batch 16: 6.9 GB per 900-token sample over 32 layers of width 4096 = 58 bytes), rounded up.
 ACTIVATION_BYTES = 60
 LORA_BYTES_PER_PARAM = 16  # fp32 weight, gradient and two Adam moments
+# Full fine-tuning: gradient and two Adam moments per trained parameter, each in the parameter's dtype
+# (torch's AdamW keeps its moments like the parameter); the weight itself is counted with the weights.
+FULL_STATES_PER_PARAM = 3
 MEMORY_HEADROOM = 0.9  # of the device's memory: allocator fragmentation, CUDA context, the vision tower
 MAX_WORKERS = 4
 
@@ -44,35 +52,75 @@ class SpeedChoice:
 
 
 def estimated_peak_bytes(
-    model: PreTrainedModel, lora: LoraConfig, *, batch_size: int, tokens: int, checkpointing: bool
+    model: PreTrainedModel,
+    lora: LoraConfig | None,
+    *,
+    batch_size: int,
+    tokens: int,
+    checkpointing: bool,
+    pairs: bool = False,
 ) -> int:
-    """Peak training memory: weights, LoRA parameters with their optimizer state, and the activations of one
-    micro-batch of `batch_size` samples of `tokens` tokens (only each layer's input with checkpointing)."""
+    """Peak training memory: weights, the trained parameters' gradients and optimizer state, and the
+    activations of one micro-batch of `batch_size` samples of `tokens` tokens (only each layer's input with
+    checkpointing).
+
+    `lora` is the adapter still to be added; None means `model` trains as it is: the parameters that take
+    gradients (full fine-tuning, or an adapter already on it). With `pairs` (DPO) a sample is a chosen and a
+    rejected sequence, and full fine-tuning keeps a frozen reference copy of the weights; with LoRA the
+    reference is the same weights with the adapter off (or TRL's frozen copy of a continued adapter).
+    """
     text = model.config.get_text_config()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    lora_params = sum(
-        lora.r * (module.in_features + module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and _is_lora_target(lora, name)
-    )
     width = 2 if model.dtype in (torch.bfloat16, torch.float16) else 4
     per_layer_token = (ACTIVATION_BYTES if not checkpointing else 2) * text.hidden_size * width // 2
-    activations = per_layer_token * text.num_hidden_layers * batch_size * tokens
-    return weights + lora_params * LORA_BYTES_PER_PARAM + activations
+    sequences = batch_size * (2 if pairs else 1)
+    activations = per_layer_token * text.num_hidden_layers * sequences * tokens
+    return (
+        weights
+        + trained_state_bytes(model, lora)
+        + activations
+        + (reference_bytes(model, lora) if pairs else 0)
+    )
+
+
+def trained_state_bytes(model: PreTrainedModel, lora: LoraConfig | None) -> int:
+    """What training adds for the trained parameters: for an adapter still to be added its fp32 weights,
+    gradients and Adam moments; else gradients and Adam moments of each parameter that takes gradients."""
+    if lora is not None:
+        lora_params = sum(
+            lora.r * (module.in_features + module.out_features)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and _is_lora_target(lora, name)
+        )
+        return lora_params * LORA_BYTES_PER_PARAM
+    trained = (p for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() * p.element_size() * FULL_STATES_PER_PARAM for p in trained)
+
+
+def reference_bytes(model: PreTrainedModel, lora: LoraConfig | None) -> int:
+    """Weights DPO's reference model adds: none for a new adapter (the reference is the adapter switched off),
+    a frozen copy of a continued adapter, or a full frozen copy of the weights for full fine-tuning."""
+    if lora is not None:
+        return 0
+    if is_peft_model(model):
+        return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def choose_speed_settings(
     args: TrainingArguments,
     model: PreTrainedModel,
-    lora: LoraConfig,
+    lora: LoraConfig | None,
     *,
     longest_sample: int,
     device_memory: int | None,
     cpus_per_process: int,
     liger_available: bool,
+    pairs: bool = False,
 ) -> list[SpeedChoice]:
-    """The settings to apply for a run on a device with `device_memory` bytes (None: unknown, e.g. CPU)."""
-    choices = _memory_choices(args, model, lora, longest_sample, device_memory)
+    """The settings to apply for a run on a device with `device_memory` bytes (None: unknown, e.g. CPU);
+    `lora` and `pairs` as in `estimated_peak_bytes`."""
+    choices = _memory_choices(args, model, lora, longest_sample, device_memory, pairs)
     on_gpu = device_memory is not None and not args.use_cpu
     if on_gpu and args.dataloader_num_workers == 0:
         workers = min(MAX_WORKERS, cpus_per_process - 1)
@@ -97,9 +145,10 @@ def choose_speed_settings(
 def _memory_choices(
     args: TrainingArguments,
     model: PreTrainedModel,
-    lora: LoraConfig,
+    lora: LoraConfig | None,
     longest_sample: int,
     device_memory: int | None,
+    pairs: bool,
 ) -> list[SpeedChoice]:
     """Checkpointing off at the largest micro-batch (a divisor of the configured one) that fits in memory."""
     if device_memory is None:
@@ -108,7 +157,9 @@ def _memory_choices(
     batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     micro = batch
     while micro >= 1:
-        peak = estimated_peak_bytes(model, lora, batch_size=micro, tokens=longest_sample, checkpointing=False)
+        peak = estimated_peak_bytes(
+            model, lora, batch_size=micro, tokens=longest_sample, checkpointing=False, pairs=pairs
+        )
         if peak <= budget:
             fits = f"estimated peak {peak / 2**30:.1f} GiB of {budget / 2**30:.1f} GiB usable"
             choices = [SpeedChoice("gradient_checkpointing", False, f"no recomputation; {fits}")]
@@ -123,13 +174,20 @@ def _memory_choices(
         if micro % 2:
             break
         micro //= 2
-    return [
-        SpeedChoice(
-            "gradient_checkpointing",
-            True,
-            f"even one sample of {longest_sample} tokens would not fit in {budget / 2**30:.1f} GiB without it",
+    reason = (
+        f"even one sample of {longest_sample} tokens would not fit in {budget / 2**30:.1f} GiB without it"
+    )
+    least = estimated_peak_bytes(
+        model, lora, batch_size=1, tokens=longest_sample, checkpointing=True, pairs=pairs
+    )
+    if least > budget:
+        reason += (
+            f"; even with it the estimated peak is {least / 2**30:.1f} GiB: expect to run out of memory unless "
+            "DeepSpeed ZeRO or FSDP shards the model (recipes/accelerate/), or use LoRA, a 4-bit base, or "
+            "shorter samples"
         )
-    ]
+        logger.warning("auto_speed: %s", reason)
+    return [SpeedChoice("gradient_checkpointing", True, reason)]
 
 
 def apply_speed_settings(args: TrainingArguments, choices: list[SpeedChoice]) -> None:
@@ -146,9 +204,15 @@ def apply_speed_settings(args: TrainingArguments, choices: list[SpeedChoice]) ->
 
 
 def choose_and_apply(
-    args: TrainingArguments, model: PreTrainedModel, lora: LoraConfig, longest_sample: int
+    args: TrainingArguments,
+    model: PreTrainedModel,
+    lora: LoraConfig | None,
+    longest_sample: int,
+    *,
+    pairs: bool = False,
 ) -> list[SpeedChoice]:
-    """Choose the settings for this machine (the process's GPU, its share of the CPUs) and apply them."""
+    """Choose the settings for this machine (the process's GPU, its share of the CPUs) and apply them;
+    `lora` and `pairs` as in `estimated_peak_bytes`."""
     device_memory = None
     if torch.cuda.is_available() and not args.use_cpu:
         device_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
@@ -161,6 +225,7 @@ def choose_and_apply(
         device_memory=device_memory,
         cpus_per_process=max(1, len(os.sched_getaffinity(0)) // processes),
         liger_available=importlib.util.find_spec("liger_kernel") is not None,
+        pairs=pairs,
     )
     apply_speed_settings(args, choices)
     return choices
