@@ -82,7 +82,7 @@ def _benign_images(folder: Path) -> Path | None:
 def _row(key: str, record: Any, subset: str, where: Path, data: Path, images: Path) -> dict[str, Any]:
     name = short_repr(key)
     if not key.strip():
-        raise DataError(f"{where} has a record with an empty key (its pid); fix or remove the record.")
+        raise DataError(f"Record {name} in {where} has an empty key (its pid); fix or remove the record.")
     record = common.as_object(record, where=where, name=name)
     metadata = record.get("metadata", {})
     if not isinstance(metadata, dict):
