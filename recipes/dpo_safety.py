@@ -170,7 +170,7 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
     if data_args.save_pairs or data_args.push_pairs:
         folder = data_args.save_pairs or f"{training_args.output_dir}/pairs"
         source = data_args.preference_file or data_args.dataset
-        save_preference_pairs(pairs, folder, source=source)
+        save_preference_pairs(pairs, folder, source=source, license=data_args.license)
         if data_args.push_pairs and PartialState().is_main_process:
             push_preference_pairs(folder, data_args.push_pairs, token=token)
 

@@ -239,3 +239,80 @@ def test_refusals_on_safe_prompts_are_labelled_over_refusal() -> None:
     assert metric_label("refusal_rate", "benign", "keyword") == "Over-refusal rate (keyword judge)"
     assert metric_label("refusal_rate", "safe_safes", "keyword") == "Over-refusal rate (keyword judge)"
     assert metric_label("refusal_rate", "unsafes", "keyword") != "Over-refusal rate (keyword judge)"
+
+
+def make_full_model(folder: Path, summary: dict | None = None) -> Path:
+    """A fully fine-tuned output folder as training leaves it (config, safetensors weights, summary)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+    if summary is not None:
+        (folder / "training_summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+FULL_SUMMARY = {
+    "vlsafe_summary_version": 1, "recipe": "sft_mis", "method": "sft", "license": "apache-2.0",
+    "base_model": {"name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "revision": None},
+    "finetuning": {"method": "full", "trained_parameters": 7615616512, "total_parameters": 8292166656,
+                   "trained_parts": ["language_model"], "frozen_parts": ["vision_tower", "projector"]},
+    "training": {"learning_rate": 1e-5, "assistant_only_loss": True, "seed": 42},
+}  # fmt: skip
+
+
+def test_a_fully_fine_tuned_model_gets_a_transformers_card(tmp_path: Path) -> None:
+    from vlsafe.cards import is_full_model
+
+    folder = make_full_model(tmp_path / "full", FULL_SUMMARY)
+    assert is_full_model(folder) and not is_full_model(make_adapter(tmp_path / "adapter"))
+    card = ModelCard.load(write_adapter_card(folder))
+    assert card.data.library_name == "transformers" and card.data.base_model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert "lora" not in card.data.tags and {"vlsafe", "mis", "sft"} <= set(card.data.tags)
+    assert (
+        "full fine-tuning of the language model (7,615,616,512 parameters trained), vision tower and projector "
+        "frozen, loss on the assistant answers only." in " ".join(card.text.split())
+    )
+    assert "| Parameters trained | 7,615,616,512 of 8,292,166,656 |" in card.text
+    assert "LoRA" not in card.text and "PeftModel" not in card.text and "load_adapter" not in card.text
+    assert 'AutoModelForImageTextToText.from_pretrained("<your-username>/full")' in card.text
+    with pytest.raises(VlsafeError, match="holds full model weights but no training_summary.json"):
+        write_adapter_card(make_full_model(tmp_path / "bare"))
+
+
+def test_a_dpo_card_names_the_recipe_pairs_and_their_provenance(tmp_path: Path) -> None:
+    adapter = make_adapter(tmp_path / "adapter")
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    summary |= {
+        "recipe": "dpo_safety", "method": "dpo", "continued_from": "outputs/sft_vlguard",
+        "datasets": [{"role": "preferences", "source": "data/spa_vl.jsonl"}],
+        "dpo": {"beta": 0.1, "loss_type": ["sigmoid"], "reference": "frozen copy of the continued adapter"},
+        "preference_pairs": {"total": 30, "harmful": 12, "safe": 8, "imported": 10,
+                             "by_rejected_source": {"imported": 10, "on_policy": 14, "synthetic": 6},
+                             "by_kind_and_rejected_source": [
+                                 {"kind": "imported", "rejected_source": "imported", "pairs": 10},
+                                 {"kind": "safe_safe", "rejected_source": "on_policy", "pairs": 8},
+                                 {"kind": "unsafe", "rejected_source": "on_policy", "pairs": 6},
+                                 {"kind": "unsafe", "rejected_source": "synthetic", "pairs": 6}]},
+    }  # fmt: skip
+    (adapter / "training_summary.json").write_text(json.dumps(summary))
+    card = ModelCard.load(write_adapter_card(adapter))
+    assert {"dpo", "safety-dpo", "lora"} <= set(card.data.tags)
+    text = " ".join(card.text.split())
+    assert (
+        "vlsafe's DPO safety tuning recipe (`dpo_safety`), after [DPO](https://arxiv.org/abs/2305.18290)"
+        in text
+    )
+    assert "DPO loss (beta 0.1) on preferred vs rejected answers" in text
+    assert "30 preference pairs: 12 from harmful prompts (the refusal preferred), 8 from safe prompts" in text
+    assert "10 imported (prompt kind unknown)" in text and "| unsafe | synthetic | 6 |" in card.text
+    assert (
+        "`synthetic`: a fixed compliant answer" in card.text
+        and "`imported`: as given in the imported preference file" in card.text
+    )
+    assert "Started from the adapter `outputs/sft_vlguard`" in card.text
+    assert "- Preferences data: `data/spa_vl.jsonl`." in card.text
+    assert "| DPO reference model | frozen copy of the continued adapter |" in card.text
+    assert "| Kind of sample |" not in card.text  # the pair table replaces it

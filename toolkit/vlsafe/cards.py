@@ -56,7 +56,7 @@ RECIPES = {
     "sft_mis": Recipe("mis", "MIS multi-image safety fine-tuning", "MIS (Ding et al., 2025)", "sft"),
     "dpo_safety": Recipe(
         "safety-dpo",
-        "DPO safety tuning (preference pairs that punish harm and over-refusal)",
+        "DPO safety tuning",
         "[DPO](https://arxiv.org/abs/2305.18290) (Rafailov et al., NeurIPS 2023)",
         "dpo",
     ),
@@ -66,6 +66,7 @@ REJECTED_SOURCES = {  # where a DPO pair's rejected answer came from
     "on_policy": "the model's own answer (the keyword judge found it harmful, or a needless refusal)",
     "synthetic": "a fixed compliant answer (the model had refused the harmful prompt)",
     "template": "a refusal template (the model had answered the safe prompt)",
+    "imported": "as given in the imported preference file",
 }
 BENCHMARKS = {"vlguard": "VLGuard", "mis": "MIS"}
 METRICS = {  # metric -> (label, better)

@@ -1,0 +1,232 @@
+"""recipes/dpo_safety.py has what the SFT recipes have: training_summary.json with the pairs' provenance, the model
+card, the one-commit push (no Trainer push, no TRL card), resume, full fine-tuning and auto_speed.
+
+The recipe runs in this process on the tiny LLaVA (8 VLGuard prompts, 4-token on-policy answers, 1-2 steps).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from peft import get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+from trl import DPOConfig, TrlParser
+
+from tests.conftest import REPO
+from vlsafe.data.preferences import build_preference_pairs
+from vlsafe.data.vlguard import load_vlguard
+from vlsafe.errors import DataError, VlsafeError
+from vlsafe.modeling import FAMILIES, family_of, load_model, load_processor, lora_config, model_part
+from vlsafe.training import build_dpo_trainer, load_for_training
+
+TOKEN = "hf_dpo_FAKE_token_2e7b"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("recipe_dpo_safety", REPO / "recipes/dpo_safety.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+DPO = _recipe()
+
+
+def parse(model: Path, vlguard: Path, out: Path, *flags: str) -> tuple:
+    """The recipe's arguments as its parser reads them: the tiny config, a fresh LoRA, 8 prompts, one step."""
+    argv = ["--config", str(REPO / "recipes/configs/tiny/dpo_safety.yaml"), "--model_name_or_path", str(model),
+            "--dataset", str(vlguard), "--output_dir", str(out), "--use_cpu", "true", "--sft_adapter", "",
+            "--max_prompts", "8", "--generation_max_new_tokens", "4", "--generation_batch_size", "8",
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--logging_steps", "1", *flags]  # fmt: skip
+    return TrlParser((DPO.DPOSafetyArguments, DPOConfig, DPO.ModelArguments)).parse_args_and_config(args=argv)
+
+
+def run(model: Path, vlguard: Path, out: Path, *flags: str) -> dict:
+    DPO.main(*parse(model, vlguard, out, *flags))
+    return json.loads((out / "training_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_dpo_writes_summary_and_card_and_pushes_once(
+    hub_server, tiny_models, synthetic_vlguard: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_server.add_user("alice", TOKEN)
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # the token comes as --hub_token, as some users pass it
+    out = tmp_path / "dpo"
+    summary = run(
+        tiny_models["llava"], synthetic_vlguard, out, "--license", "apache-2.0", "--push_to_hub", "true",
+        "--hub_model_id", "alice/tiny-dpo", "--hub_token", TOKEN, "--save_pairs", str(tmp_path / "pairs"),
+    )  # fmt: skip
+
+    assert (summary["recipe"], summary["method"], summary["continued_from"]) == ("dpo_safety", "dpo", None)
+    assert summary["base_model"]["name_or_path"] == str(tiny_models["llava"])
+    assert summary["dpo"] == {
+        "beta": 0.5,
+        "loss_type": ["sigmoid"],
+        "reference": "the base model (adapter disabled)",
+    }
+    assert summary["datasets"] == [
+        {"role": "preference prompts", "source": str(synthetic_vlguard), "split": "train", "samples": 8}
+    ]
+    assert summary["recipe_settings"]["on_policy"] is True and summary["lora"]["r"] == 16
+    pairs = summary["preference_pairs"]
+    from datasets import load_dataset
+
+    saved = load_dataset("parquet", data_files=str(tmp_path / "pairs/data/*.parquet"), split="train")
+    assert pairs["total"] == len(saved) == summary["samples"]["total"]
+    assert pairs["by_rejected_source"] == dict(Counter(saved["rejected_source"]))
+    harmful = sum(kind in {"unsafe", "safe_unsafe"} for kind in saved["kind"])
+    assert (pairs["harmful"], pairs["safe"], pairs["imported"]) == (harmful, len(saved) - harmful, 0)
+    assert harmful and pairs["safe"]  # harmful_fraction 0.5 balances both kinds
+    assert "on_policy" in pairs["by_rejected_source"]  # the random-weight policy complies: its own answer
+
+    repo = hub_server.repos[("model", "alice/tiny-dpo")]
+    assert len(repo.history()) == 2  # the repo's first commit and one push at the end, none per save
+    files = repo.files()
+    assert {"README.md", "training_summary.json", "adapter_model.safetensors", "adapter_config.json"} <= set(
+        files
+    )
+    assert not any(
+        name.startswith(("checkpoint-", "ref/", "pair_generations")) or ".bin" in name for name in files
+    )
+    card = ModelCard(files["README.md"].data.decode())
+    assert card.data.library_name == "peft" and card.data.license == "apache-2.0"
+    assert {"vlsafe", "safety", "dpo", "lora"} <= set(card.data.tags)  # vlsafe's card, not TRL's
+    assert (
+        "DPO safety tuning" in card.text
+        and "(`dpo_safety`)" in card.text
+        and "DPO loss (beta 0.5)" in card.text
+    )
+    assert f"{pairs['total']} preference pairs: {harmful} from harmful prompts" in card.text
+    for row in pairs["by_kind_and_rejected_source"]:
+        assert f"| {row['kind']} | {row['rejected_source']} | {row['pairs']} |" in card.text
+    assert "`on_policy`: the model's own answer" in card.text and "| DPO beta | 0.5 |" in card.text
+    assert 'from_pretrained("alice/tiny-dpo")' in card.text
+    leaked = [p for p in out.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert not leaked
+
+
+@pytest.mark.slow
+def test_dpo_continues_an_sft_adapter_against_a_frozen_copy_and_resumes(
+    tiny_models, synthetic_vlguard: Path, tmp_path: Path, caplog
+) -> None:
+    sft = tmp_path / "sft"
+    model = load_model(str(tiny_models["llava"]), dtype="float32")
+    get_peft_model(model, lora_config(family_of("llava"), r=8, alpha=16)).save_pretrained(sft)
+    load_processor(str(tiny_models["llava"])).save_pretrained(sft)
+    with pytest.raises(
+        VlsafeError, match=r"lora_r=4 does not apply: the continued adapter .* keeps its own r=8"
+    ):
+        DPO.main(
+            *parse(
+                tiny_models["llava"],
+                synthetic_vlguard,
+                tmp_path / "x",
+                "--sft_adapter",
+                str(sft),
+                "--lora_r",
+                "4",
+            )
+        )
+
+    out = tmp_path / "dpo"
+    flags = ("--sft_adapter", str(sft), "--save_strategy", "steps", "--save_steps", "1")
+    summary = run(tiny_models["llava"], synthetic_vlguard, out, *flags)
+    assert summary["continued_from"] == str(sft) and summary["lora"]["r"] == 8
+    assert summary["dpo"]["reference"] == "frozen copy of the continued adapter"
+    assert not (out / "ref").exists()  # TRL's reference adapter is no part of the result
+    before, after = load_file(sft / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert f"Started from the adapter `{sft}`" in (out / "README.md").read_text()
+
+    # Re-running with more steps (as after an interruption) continues from the newest complete checkpoint.
+    with caplog.at_level(logging.INFO):
+        again = run(tiny_models["llava"], synthetic_vlguard, out, *flags, "--max_steps", "2")
+    assert f"Resuming the interrupted run from {out / 'checkpoint-1'}" in caplog.text
+    assert again["training"]["global_steps"] == 2 and again["preference_pairs"] == summary["preference_pairs"]
+    assert not (out / "ref").exists() and again["dpo"]["reference"] == "frozen copy of the continued adapter"
+
+
+@pytest.mark.slow
+def test_dpo_full_finetuning_trains_the_language_model_against_a_frozen_copy(
+    tiny_models, synthetic_vlguard: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "dpo"
+    summary = run(tiny_models["qwen2_5_vl"], synthetic_vlguard, out, "--use_peft", "false")
+    assert summary["finetuning"]["method"] == "full" and summary["finetuning"]["frozen_parts"] == [
+        "vision_tower",
+        "projector",
+    ]
+    assert summary["dpo"]["reference"] == "frozen copy of the starting weights"
+    assert not (out / "adapter_config.json").exists()
+    spec = FAMILIES["qwen2_5_vl"]
+    base = dict(AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_5_vl"]).named_parameters())
+    tuned = dict(AutoModelForImageTextToText.from_pretrained(out).named_parameters())
+    for name, parameter in base.items():
+        assert torch.equal(parameter, tuned[name]) == (model_part(spec, name) != "language_model"), name
+    card = (out / "README.md").read_text()
+    assert "full fine-tuning of the language model (" in card and "vision tower and projector frozen" in card
+    assert "DPO reference model | frozen copy of the starting weights" in card
+
+
+def test_full_finetuning_cannot_continue_an_adapter(
+    tiny_models, synthetic_vlguard: Path, tmp_path: Path
+) -> None:
+    data_args, training_args, model_args = parse(
+        tiny_models["llava"],
+        synthetic_vlguard,
+        tmp_path,
+        "--use_peft",
+        "false",
+        "--sft_adapter",
+        str(tmp_path),
+    )
+    with pytest.raises(
+        VlsafeError, match="use_peft false with the adapter .* cannot continue a LoRA adapter"
+    ):
+        load_for_training(model_args, training_args, adapter=data_args.sft_adapter)
+    model_args.use_peft = True  # a folder without adapter_config.json is no adapter
+    with pytest.raises(VlsafeError, match="is no adapter"):
+        load_for_training(model_args, training_args, adapter=str(tmp_path))
+
+
+@pytest.mark.parametrize("auto_speed", [True, False])
+def test_dpo_trainer_drops_too_long_pairs_and_chooses_speed_settings(
+    auto_speed: bool, tiny_models, synthetic_vlguard: Path, tmp_path: Path, caplog
+) -> None:
+    _, training_args, model_args = parse(
+        tiny_models["llava"],
+        synthetic_vlguard,
+        tmp_path,
+        "--gradient_checkpointing",
+        "true",
+        "--max_length",
+        "55",
+    )
+    pairs = build_preference_pairs(list(load_vlguard(synthetic_vlguard, "train")), None)
+    model, processor, peft_config = load_for_training(model_args, training_args)
+    with caplog.at_level(logging.INFO):
+        trainer = build_dpo_trainer(
+            pairs, training_args, model_args, model, processor, peft_config, auto_speed=auto_speed
+        )
+    assert 0 < len(trainer.train_dataset) < len(pairs)  # the long refusal answers do not fit in 55 tokens
+    assert (
+        f"Left out {len(pairs) - len(trainer.train_dataset)} of {len(pairs)} samples longer than max_length=55"
+        in caplog.text
+    )
+    assert (
+        trainer.args.gradient_checkpointing is not auto_speed
+    )  # CPU: off with auto_speed, as configured without
+    training_args.max_length = 5
+    with pytest.raises(DataError, match="All .* samples are longer than max_length=5"):
+        build_dpo_trainer(pairs, training_args, model_args, model, processor, peft_config, auto_speed=False)
