@@ -101,38 +101,31 @@ def _row(key: str, record: Any, subset: str, where: Path, data: Path, images: Pa
     )
 
 
-def _substitute_missing(rows: list[dict[str, Any]], images: Path, benign_images: Path | None) -> None:
+def _substitute_missing(rows: list[dict[str, Any]], images: Path, benign: Path | None) -> None:
     """Point each missing image at its stand-in: the same name with another raster extension (the git copy's
-    .webp), else (contrast set) the benign set's image of the same name. Counted in the log."""
+    .webp), else (contrast set, `benign` given) the benign set's image of that name. Counted in the log."""
     moved = 0
     for row in rows:
         path = Path(row["images"][0])
-        if _exists(path):
-            continue
-        candidates = _other_extensions(path)
-        if benign_images is not None and path.is_relative_to(images):
-            same = benign_images / path.relative_to(images)
-            candidates += [same, *_other_extensions(same)]
-        found = next((candidate for candidate in candidates if _exists(candidate)), None)
-        if found is not None:
-            row["images"] = [str(found)]
-            moved += 1
-    if moved:
-        logger.info(
-            "MOSSBench %s: %d images taken from a stand-in file (see the module docstring)",
-            rows[0]["subset"],
-            moved,
+        same = (
+            [benign / path.relative_to(images)] if benign is not None and path.is_relative_to(images) else []
         )
+        found = next(filter(_is_file, (c for p in (path, *same) for c in _other_extensions(p))), path)
+        moved += found != path
+        row["images"] = [str(found)]
+    if moved:
+        logger.info("MOSSBench %s: %d images taken from a stand-in file", rows[0]["subset"], moved)
 
 
 def _other_extensions(path: Path) -> list[Path]:
+    """`path` itself first, then with the other raster extensions."""
     try:
-        return [path.with_suffix(extension) for extension in _OTHER_EXTENSIONS]
+        return [path, *(path.with_suffix(extension) for extension in _OTHER_EXTENSIONS)]
     except ValueError:  # a name with no stem
-        return []
+        return [path]
 
 
-def _exists(path: Path) -> bool:
+def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
     except (OSError, ValueError):  # a name the filesystem cannot look up (too long, NUL byte): untrusted data
