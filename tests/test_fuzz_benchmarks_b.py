@@ -15,6 +15,7 @@ dataset loaders' fuzz tests (tests/test_fuzz_loaders.py) are reused. The propert
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import functools
@@ -102,8 +103,10 @@ TAR_ATTACKS = ("slip", "absolute", "symlink", "hardlink", "fifo", "truncated", "
 
 @functools.cache
 def _template(name: str) -> Path:
-    """The benchmark's synthetic copy, written once (each example copies it)."""
-    return SPECS[name].write(Path(tempfile.mkdtemp(prefix=f"vlsafe-fuzz-{name}-")) / name)
+    """The benchmark's synthetic copy, written once (each example copies it), removed when the tests end."""
+    root = Path(tempfile.mkdtemp(prefix=f"vlsafe-fuzz-{name}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return SPECS[name].write(root / name)
 
 
 @dataclass
