@@ -9,10 +9,11 @@ Layout of the repository:
   under ``data/images/SafeBench-Tiny/``: the row's ``instruction`` typeset as a numbered list with empty items.
 
 Every prompt is that image with one fixed text (`FIGSTEP_PROMPT`), so every prompt is harmful (scored as ASR).
-Subsets ``safebench`` (the default) and ``safebench_tiny`` (a 50-row subset of the same questions, used by the
-paper's headline tables). The category is ``category_name``; the id is ``{category_id}_{task_id}``, unique within
-a file; the harmful ``question`` the image encodes is kept as a column for judges. The folder may be the repository
-root or its ``data/`` folder.
+Subsets ``safebench`` (the default) and ``safebench_tiny`` (50 rows, 5 per category, used by the paper's
+headline tables; left out of the defaults so no question is asked twice: its first row is SafeBench's first row,
+whether all 50 are SafeBench rows is not verified). The category is ``category_name``; the id is
+``{category_id}_{task_id}``, unique within a file; the harmful ``question`` the image encodes is kept as a column
+for judges. The folder may be the repository root or its ``data/`` folder.
 """
 
 from __future__ import annotations
