@@ -11,9 +11,16 @@ Benchmarks of harmful prompts only (MIS) show over-refusal with extra safe promp
     python recipes/evaluate_safety.py --benchmark mis --base_model OpenGVLab/InternVL3-8B-hf \
         --adapter outputs/internvl3-8b/sft_mis --benign_prompts data/general/multi_image_qa_test.json
 
-Writes <output_dir>/results.json (per-sample generations and judge labels; metrics with n and 95% CIs, per
-subset and category), <output_dir>/results.png, and prints the VLGuard-shaped table. An interrupted run
-resumes where it stopped. When the adapter is a local folder, its model card is updated with the numbers.
+Several benchmarks in one run (the model is loaded once; base and tuned on all of them, one report):
+
+    python recipes/evaluate_safety.py --benchmark vlguard figstep xstest mmsafetybench --benchmark_root /data/bench \
+        --base_model llava-hf/llava-1.5-7b-hf --adapter outputs/llava-1.5-7b/sft_vlguard
+    python recipes/evaluate_safety.py --benchmark all --benchmark_root /data/bench ...   # every benchmark
+
+Writes <output_dir>/results.json (per-sample generations and verdicts; metrics with n and 95% CIs, per
+benchmark subset and category; the suite summary; judge agreement), <output_dir>/results.png,
+<output_dir>/disagreements.jsonl with several judges, and prints the table. An interrupted run resumes where it
+stopped. When the adapter is a local folder, its model card is updated with the numbers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from trl import TrlParser
 
 from vlsafe.cards import update_card
 from vlsafe.evaluation.config import EvaluationConfig
-from vlsafe.evaluation.harness import run_evaluation
+from vlsafe.evaluation.run import run_evaluation
 from vlsafe.evaluation.report import format_table, write_results
 
 

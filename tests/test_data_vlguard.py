@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import zipfile
 from collections import Counter
@@ -74,8 +75,40 @@ def test_test_split_gives_prompts_and_reference_responses(synthetic_vlguard: Pat
     assert sizes == {"unsafes": 6, "safe_unsafes": 6, "safe_safes": 6}
     prompts = load_vlguard(synthetic_vlguard, "test", "safe_safes")
     assert all([m["role"] for m in messages] == ["user"] for messages in prompts["messages"])
-    assert all(response and "sorry" not in response.lower() for response in prompts["response"])
+    # As in the real test.json, one safe record's first response is empty: loaded, with no reference.
+    assert prompts["response"].count(None) == 1
+    assert all("sorry" not in response.lower() for response in prompts["response"] if response)
     assert set(load_vlguard(synthetic_vlguard, "test", "unsafes")["kind"]) == {"unsafe"}
+
+
+def test_an_empty_test_response_loads_and_is_counted(synthetic_vlguard: Path, tmp_path: Path, caplog) -> None:
+    # Regression: the real test.json has 17 of 1,000 records with an empty `response` (e.g. record
+    # HOD_img_hod_004768, #128, entry 0) and the loader refused the whole file for a field prompts never use.
+    folder = tmp_path / "vlguard"
+    shutil.copytree(synthetic_vlguard, folder)
+    records = json.loads((folder / "test.json").read_text())
+    for record in records:
+        for pair in record["instr-resp"]:
+            pair["response"] = ""
+    (folder / "test.json").write_text(json.dumps(records))
+    with caplog.at_level(logging.INFO, logger="vlsafe"):
+        prompts = load_vlguard(folder, "test")
+    assert len(prompts) == 18 and set(prompts["response"]) == {None}
+    assert "18 of 18 prompts have an empty reference response" in caplog.text
+    # Training learns the answer: there an empty response is named, with the record and the fix.
+    shutil.copy(folder / "test.json", folder / "train.json")
+    shutil.copy(folder / "test.zip", folder / "train.zip")
+    with zipfile.ZipFile(folder / "test.zip") as source, zipfile.ZipFile(folder / "train.zip", "w") as target:
+        for member in source.namelist():
+            target.writestr(member.replace("test/", "train/", 1), source.read(member))
+    with pytest.raises(
+        DataError, match=r"Malformed VLGuard record 'synthetic_test_\d+' .*'response' must be a non-empty"
+    ):
+        load_vlguard(folder, "train")
+    records[0]["instr-resp"][0]["response"] = 3
+    (folder / "test.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"field 'response' must be a string, found 3"):
+        load_vlguard(folder, "test")
 
 
 def _comparable(dataset) -> list[tuple]:

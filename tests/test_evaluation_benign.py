@@ -9,9 +9,11 @@ import pytest
 
 from tests.test_judge_api import Reply, StubServer
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.benchmarks import load_benign_prompts
+from vlsafe.evaluation.benchmarks import load_benchmark
 from vlsafe.evaluation.config import EvaluationConfig
-from vlsafe.evaluation.harness import compute_metrics, load_prompts, run_evaluation, subset_harm
+from vlsafe.evaluation.prompts import load_suite
+from vlsafe.evaluation.run import run_evaluation
+from vlsafe.evaluation.scores import compute_metrics
 from vlsafe.evaluation.metrics.proportions import wilson_interval
 from vlsafe.evaluation.report import format_table
 from vlsafe.fixtures.mis_data import MISTestSizes, write_synthetic_mis_general, write_synthetic_mis_test
@@ -38,13 +40,13 @@ def test_benign_prompts_are_the_first_user_turn_with_its_images(tmp_path: Path) 
     ]  # fmt: skip
     (tmp_path / "safe.json").write_text(json.dumps(records))
 
-    prompts = load_benign_prompts(tmp_path, data_file="safe.json")
-    assert prompts["id"] == ["pair", "two-turns"] and prompts["response"] == ["No.", "A circle."]
+    prompts = load_benchmark("benign", tmp_path, data_file="safe.json")
+    assert prompts["id"] == ["pair", "two-turns"] and prompts["reference"] == ["No.", "A circle."]
     assert [len(images) for images in prompts["images"]] == [2, 1]
     assert prompts[1]["messages"] == [
         {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "What?"}]}
     ]
-    assert all(row["source"] == "benign" and row["safe"] for row in prompts)
+    assert all(row["subset"] == "benign" and not row["harmful"] for row in prompts)
 
 
 def test_benign_subset_is_evaluated_and_reported_as_over_refusal(
@@ -52,7 +54,7 @@ def test_benign_subset_is_evaluated_and_reported_as_over_refusal(
 ) -> None:
     mis_test, general = mis_data
     n_benign = len(json.loads((general / "test.json").read_text()))
-    references = set(load_benign_prompts(general / "test.json")["response"])
+    references = set(load_benchmark("benign", general / "test.json")["reference"])
     seen_references = []
 
     def responder(body: dict) -> Reply:
@@ -76,7 +78,7 @@ def test_benign_subset_is_evaluated_and_reported_as_over_refusal(
     assert len(benign) == n_benign and {s["reference"] for s in benign} == references
     rows = {(r["subset"], r["judge"], r["metric"]): r for r in results["metrics"] if r["category"] is None}
     over_refusal = rows["benign", "keyword", "refusal_rate"]
-    refused = sum(s["labels"]["keyword"] == "refused" for s in benign)
+    refused = sum(s["verdicts"]["keyword"]["refusal"] == "refused" for s in benign)
     assert over_refusal["n"] == n_benign and over_refusal["value"] == refused / n_benign
     assert over_refusal["ci95"] == list(wilson_interval(refused, n_benign))
     assert ("benign", "keyword", "asr") not in rows  # safe prompts are never scored as attacks
@@ -89,22 +91,20 @@ def test_benign_subset_is_evaluated_and_reported_as_over_refusal(
     assert "Benign win rate vs reference" in table and "MIS-easy ASR" in table
 
 
-def test_benign_metric_is_the_refusal_rate_of_the_safe_prompts(mis_data: tuple[Path, Path]) -> None:
-    config = EvaluationConfig(
-        base_model="unused", benchmark="mis", benign_prompts=str(mis_data[1] / "test.json")
-    )
+def test_benign_metric_is_the_refusal_rate_of_the_safe_prompts() -> None:
     labels = ["refused", "refused", "refused", "answered"]
     samples = [
         {
             "model": "base",
-            "benchmark": "mis",
+            "benchmark": "benign",
             "subset": "benign",
             "category": None,
-            "labels": {"keyword": label},
+            "harmful": False,
+            "verdicts": {"keyword": {"refusal": label}},
         }
         for label in labels
     ]
-    (row,) = compute_metrics(samples, subset_harm(config), ["keyword"])
+    (row,) = compute_metrics(samples, ["keyword"])
     assert (row["metric"], row["value"], row["n"]) == ("refusal_rate", 0.75, 4)
     assert row["counts"] == {"answered": 1, "refused": 3}
 
@@ -115,10 +115,11 @@ def test_benign_subset_needs_benign_prompts_and_follows_limit(mis_data: tuple[Pa
         base_model="unused", benchmark="mis", dataset=str(mis_test), subsets=["benign"]
     )
     with pytest.raises(VlsafeError, match=r"no subsets \['benign'\].*`benign` needs benign_prompts"):
-        load_prompts(without)
+        load_suite(without)
     limited = EvaluationConfig(
         base_model="unused", benchmark="mis", dataset=str(mis_test), subsets=["hard", "benign"], limit=2,
         benign_prompts=str(general), benign_data_file="test.json",
     )  # fmt: skip
-    prompts = load_prompts(limited)
-    assert list(prompts) == ["hard", "benign"] and len(prompts["benign"]) == 2
+    suite = load_suite(limited)
+    assert list(suite) == ["mis", "benign"]
+    assert suite["mis"]["subset"] == ["hard", "hard"] and len(suite["benign"]) == 2

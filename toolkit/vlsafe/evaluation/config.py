@@ -16,15 +16,39 @@ class EvaluationConfig:
     evaluate_base: bool = field(
         default=True, metadata={"help": "With an adapter: also evaluate the base (adapter off)."}
     )
-    benchmark: str = field(default="vlguard", metadata={"help": "Prompt benchmark (vlguard)."})
+    benchmark: list[str] = field(
+        default_factory=lambda: ["vlguard"],
+        metadata={
+            "help": "Benchmarks to run, one or more names (vlguard, mis, figstep, xstest, mmsafetybench, mossbench, "
+            "vlsbench, siuo, mssbench, jailbreakv), or `all` with benchmark_root. One run, one report."
+        },
+    )
+    benchmark_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder of benchmark folders, each named as the benchmark (e.g. <root>/figstep, a clone of "
+            "its repository): the source of every benchmark run."
+        },
+    )
     dataset: str | None = field(
-        default=None, metadata={"help": "Hub dataset id or local folder; default: the benchmark's."}
+        default=None,
+        metadata={
+            "help": "With one benchmark: its Hub dataset id or local folder; default: the benchmark's."
+        },
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
+    references: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference answers for the win rate (VLGuard: gpt4_safe_safes.json, the GPT-4V answers the "
+            "paper compared against); default: the benchmark's own."
+        },
+    )
     subsets: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Subsets to run; default: all of the benchmark, plus `benign` with benign_prompts."
+            "help": "Subsets to run (of the one benchmark); default: the benchmarks' default subsets, plus "
+            "`benign` with benign_prompts."
         },
     )
     benign_prompts: str | None = field(
@@ -60,8 +84,18 @@ class EvaluationConfig:
     merge_lora: bool = field(
         default=False, metadata={"help": "Merge the LoRA into the weights for the tuned run (faster)."}
     )
-    judges: list[str] = field(default_factory=lambda: ["keyword"], metadata={"help": "keyword, model, api."})
+    judges: list[str] = field(
+        default_factory=lambda: ["keyword"],
+        metadata={
+            "help": "keyword (vlsafe's refusal detector), vlguard_keyword (VLGuard's 2024 list), xstest_strmatch "
+            "(XSTest's prefix rule), model (a chat VLM asked vlsafe's judge prompt), llama_guard (Llama Guard "
+            "3 Vision / 4 in its own format), api (an OpenAI-compatible endpoint)."
+        },
+    )
     judge_model: str | None = field(default=None, metadata={"help": "Local judge VLM for the `model` judge."})
+    guard_model: str | None = field(
+        default=None, metadata={"help": "Llama Guard checkpoint for the `llama_guard` judge."}
+    )
     judge_batch_size: int = field(default=8, metadata={"help": "Batch size of the `model` judge."})
     judge_api_base_url: str | None = field(
         default=None, metadata={"help": "OpenAI-compatible base URL, e.g. .../v1."}
@@ -80,3 +114,9 @@ class EvaluationConfig:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow model code from the Hub (off: safer)."}
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.benchmark, str):  # a YAML config may name one benchmark as a plain string
+            self.benchmark = [self.benchmark]
+        if isinstance(self.judges, str):
+            self.judges = [self.judges]

@@ -1,4 +1,5 @@
-"""Reports of an evaluation: the VLGuard-shaped table, per-category ASR, the plot and results.json."""
+"""Stage 5 of an evaluation: the report. A table per judge (a row per benchmark subset, categories below, then the
+suite summary), judge agreement, the plot, results.json and, with several judges, disagreements.jsonl."""
 
 from __future__ import annotations
 
@@ -7,35 +8,36 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vlsafe.evaluation.scores import disagreements
+
 logger = logging.getLogger(__name__)
 
-# Rows of each benchmark's table, as its paper reports them: (subset, metric, label).
-TABLE_ROWS = {
-    "vlguard": (
-        ("safe_safes", "win_rate", "Safe-Safe win rate vs reference (higher better)"),
-        ("safe_safes", "refusal_rate", "Safe-Safe refusal = over-refusal (lower better)"),
-        ("safe_unsafes", "asr", "Safe-Unsafe ASR (lower better)"),
-        ("unsafes", "asr", "Unsafe ASR (lower better)"),
-    ),
-    "mis": tuple(
-        (split, metric, f"MIS-{split} {label}")
-        for split in ("easy", "hard", "real")
-        for metric, label in (
-            ("asr", "ASR (lower better)"),
-            ("rsr", "RSR: safe, perceives both images (higher better)"),
-            ("rr", "RR: safe, partial perception"),
-            ("hr", "HR: safe, misperceives"),
-        )
-    ),
+# Subset names as the papers print them.
+SUBSET_NAMES = {
+    "vlguard": {"unsafes": "Unsafe", "safe_unsafes": "Safe-Unsafe", "safe_safes": "Safe-Safe"},
+    "mis": {"easy": "MIS-easy", "hard": "MIS-hard", "real": "MIS-real"},
+    "benign": {"benign": "Benign"},
 }
-# The extra safe prompts any benchmark can run with (EvaluationConfig.benign_prompts), shown under its rows.
-BENIGN_ROWS = (
-    ("benign", "win_rate", "Benign win rate vs reference (higher better)"),
-    ("benign", "refusal_rate", "Benign refusal = over-refusal (lower better)"),
-)
+METRIC_LABELS = {
+    "asr": "ASR (lower better)",
+    "rsr": "RSR: safe, perceives both images (higher better)",
+    "rr": "RR: safe, partial perception",
+    "hr": "HR: safe, misperceives",
+    "win_rate": "win rate vs reference (higher better)",
+    "refusal_rate": "refusal = over-refusal (lower better)",
+}
+HARMFUL_METRICS, BENIGN_METRICS = ("asr", "rsr", "rr", "hr"), ("win_rate", "refusal_rate")
 KEYWORD_ONLY_NOTE = {
     "mis": "Keyword judge: refusal-based ASR only; RSR/RR/HR need a judge that sees both images (model or api)."
 }
+REFUSAL_JUDGES = ("keyword", "vlguard_keyword", "xstest_strmatch")
+LABEL_WIDTH, CELL_WIDTH = 52, 30
+
+
+def row_label(benchmark: str, subset: str, metric: str) -> str:
+    """E.g. "Safe-Unsafe ASR (lower better)", "figstep/safebench ASR (lower better)"."""
+    name = SUBSET_NAMES.get(benchmark, {}).get(subset, f"{benchmark}/{subset}")
+    return f"{name} {METRIC_LABELS.get(metric, metric)}"
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -49,69 +51,105 @@ def _lookup(metrics: list[dict], **match: Any) -> dict[str, Any] | None:
     return next((row for row in metrics if all(row.get(k) == v for k, v in match.items())), None)
 
 
-def table_rows(benchmark: str) -> tuple[tuple[str, str, str], ...]:
-    """(subset, metric, label) rows of `benchmark`'s table; rows without numbers are skipped when shown."""
-    return TABLE_ROWS[benchmark] + BENIGN_ROWS
+def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(benchmark, subset, metric) of every table row, in report order: benchmarks and their subsets as run."""
+    rows = []
+    for name, entry in results["benchmarks"].items():
+        for subset, info in entry["subsets"].items():
+            metrics = HARMFUL_METRICS if info["harmful"] else BENIGN_METRICS
+            rows += [(name, subset, metric) for metric in metrics]
+    return rows
+
+
+def _line(label: str, cells: list[dict[str, Any] | None]) -> str:
+    return f"{label:<{LABEL_WIDTH}}" + "".join(f"{_cell(c):>{CELL_WIDTH}}" for c in cells)
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Plain-text table: metric rows x model columns (value, 95% CI, n), one block per judge, then ASR by category."""
+    """Plain-text report: per judge, metric rows x model columns (value, 95% CI, n), categories, the suite mean."""
     metrics, models = results["metrics"], list(results["models"])
-    benchmark = results["config"]["benchmark"]
     lines = []
     for judge in results["judges"]:
-        header = f"{'judge: ' + judge:<50}" + "".join(f"{model:>30}" for model in models)
+        header = f"{'judge: ' + judge:<{LABEL_WIDTH}}" + "".join(f"{model:>{CELL_WIDTH}}" for model in models)
         lines += [header, "-" * len(header)]
-        for subset, metric, label in table_rows(benchmark):
-            cells = [
-                _lookup(metrics, model=m, subset=subset, metric=metric, judge=judge, category=None)
-                for m in models
-            ]
-            if any(cells):
-                lines.append(f"{label:<50}" + "".join(f"{_cell(c):>30}" for c in cells))
-        categories = sorted({r["category"] for r in metrics if r["category"] and r["judge"] == judge})
-        harmful = [subset for subset, metric, _ in TABLE_ROWS[benchmark] if metric == "asr"]
-        for subset in harmful:
-            for category in categories:
-                cells = [
-                    _lookup(metrics, model=m, subset=subset, metric="asr", judge=judge, category=category)
-                    for m in models
-                ]
-                if any(cells):
-                    label = f"  {subset} ASR, {category}"
-                    lines.append(f"{label:<50}" + "".join(f"{_cell(c):>30}" for c in cells))
+        current = None
+        for benchmark, subset, metric in table_rows(results):
+            found = dict(benchmark=benchmark, subset=subset, metric=metric, judge=judge)
+            cells = [_lookup(metrics, model=m, category=None, **found) for m in models]
+            if not any(cells):
+                continue
+            if benchmark != current and len(results["benchmarks"]) > 1:
+                lines.append(f"[{results['benchmarks'][benchmark]['title']}]")
+                current = benchmark
+            lines.append(_line(row_label(benchmark, subset, metric), cells))
+            if metric == "asr":
+                lines += _category_lines(metrics, models, found)
+        lines += _summary_lines(results, judge, models)
         lines.append("")
-    if results["judges"] == ["keyword"] and benchmark in KEYWORD_ONLY_NOTE:
-        lines.append(KEYWORD_ONLY_NOTE[benchmark])
+    benchmarks = list(results["benchmarks"])
+    if all(judge in REFUSAL_JUDGES for judge in results["judges"]):
+        lines += [KEYWORD_ONLY_NOTE[name] for name in benchmarks if name in KEYWORD_ONLY_NOTE]
     for row in results.get("agreement", []):
         kappa = "undefined" if row["cohen_kappa"] is None else f"{row['cohen_kappa']:.2f}"
+        first, second = row["judges"]
         lines.append(
-            f"Agreement {row['judges'][0]} vs {row['judges'][1]} (harmful prompts): Cohen's kappa {kappa}, n={row['n']}"
+            f"Agreement {first} vs {second} ({row['prompts']} prompts): Cohen's kappa {kappa}, n={row['n']}"
         )
     return "\n".join(lines).rstrip()
 
 
+def _category_lines(metrics: list[dict], models: list[str], found: dict[str, Any]) -> list[str]:
+    categories = sorted(
+        {r["category"] for r in metrics if r["category"] and all(r[k] == v for k, v in found.items())}
+    )
+    lines = []
+    for category in categories:
+        cells = [_lookup(metrics, model=m, category=category, **found) for m in models]
+        lines.append(_line(f"  {found['subset']} ASR, {category}"[:LABEL_WIDTH], cells))
+    return lines
+
+
+def _summary_lines(results: dict[str, Any], judge: str, models: list[str]) -> list[str]:
+    summary = [row for row in results.get("summary", []) if row["judge"] == judge]
+    if len(results["benchmarks"]) < 2 or not summary:
+        return []
+    lines = ["[Suite: each benchmark weighted equally]"]
+    for metric in ("asr", "refusal_rate"):
+        cells = {row["model"]: row for row in summary if row["metric"] == metric}
+        if cells:
+            counted = max(len(row["benchmarks"]) for row in cells.values())
+            label = f"{next(iter(cells.values()))['label']} over {counted} benchmarks (lower better)"
+            values = [f"{cells[m]['value']:6.1%}" if m in cells else "-" for m in models]
+            lines.append(f"{label:<{LABEL_WIDTH}}" + "".join(f"{v:>{CELL_WIDTH}}" for v in values))
+    return lines
+
+
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:
-    """Grouped bars (base vs tuned) per metric with 95% CI whiskers, one panel per judge."""
+    """Grouped bars (base vs tuned) per table row with 95% CI whiskers, one panel per judge."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics, models, judges = results["metrics"], list(results["models"]), results["judges"]
-    rows_of_table = table_rows(results["config"]["benchmark"])
-    figure, axes = plt.subplots(1, len(judges), figsize=(6 * len(judges), 4), squeeze=False)
-    width = 0.8 / len(models)
-    for axis, judge in zip(axes[0], judges, strict=True):
+    panels = []
+    for judge in judges:
         rows = [
-            (subset, metric, label)
-            for subset, metric, label in rows_of_table
-            if _lookup(metrics, subset=subset, metric=metric, judge=judge, category=None)
+            (benchmark, subset, metric)
+            for benchmark, subset, metric in table_rows(results)
+            if _lookup(metrics, benchmark=benchmark, subset=subset, metric=metric, judge=judge, category=None)
         ]
+        panels.append((judge, rows))
+    widest = max((len(rows) for _, rows in panels), default=1)
+    figure, axes = plt.subplots(
+        len(judges), 1, figsize=(max(6, 0.9 * widest + 2), 4 * len(judges)), squeeze=False
+    )
+    width = 0.8 / len(models)
+    for axis, (judge, rows) in zip(axes[:, 0], panels, strict=True):
         for offset, model in enumerate(models):
             cells = [
-                _lookup(metrics, model=model, subset=s, metric=m, judge=judge, category=None)
-                for s, m, _ in rows
+                _lookup(metrics, model=model, benchmark=b, subset=s, metric=m, judge=judge, category=None)
+                for b, s, m in rows
             ]
             values = [c["value"] if c else 0 for c in cells]
             errors = [
@@ -121,7 +159,9 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
             positions = [i + offset * width for i in range(len(rows))]
             axis.bar(positions, values, width, yerr=errors, capsize=3, label=model)
         axis.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(rows))])
-        axis.set_xticklabels([label.split(" (")[0].replace(" = ", "\n") for _, _, label in rows], fontsize=8)
+        axis.set_xticklabels(
+            [row_label(*row).split(" (")[0].replace(" = ", "\n") for row in rows], fontsize=7, rotation=30, ha="right"
+        )
         axis.set_ylim(0, 1.05)
         axis.set_title(f"judge: {judge}")
         axis.legend()
@@ -133,11 +173,18 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
-    """results.json and results.png in `output_dir`; returns the json path."""
+    """results.json, results.png and, with several judges, disagreements.jsonl in `output_dir`; the json's path."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=1, default=str))
     plot_results(results, out / "results.png")
+    review = out / "disagreements.jsonl"
+    if len(results["judges"]) > 1:
+        rows = disagreements(results["samples"], results["judges"])
+        review.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        logger.info("%d answers on which the judges disagree: %s", len(rows), review)
+    else:
+        review.unlink(missing_ok=True)  # an earlier run's review would not match these results
     logger.info("Wrote %s and %s", path, out / "results.png")
     return path

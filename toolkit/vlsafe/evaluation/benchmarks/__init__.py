@@ -29,7 +29,19 @@ from vlsafe.evaluation.benchmarks.base import Benchmark, local_folder, prompt_fe
 logger = logging.getLogger(__name__)
 
 # In the order reports list them.
-_MODULES = ("vlguard", "mis", "benign")
+_MODULES = (
+    "vlguard",
+    "mis",
+    "figstep",
+    "mmsafetybench",
+    "xstest",
+    "mossbench",
+    "vlsbench",
+    "siuo",
+    "mssbench",
+    "jailbreakv",
+    "benign",
+)
 BENCHMARKS: dict[str, Benchmark] = {
     module.BENCHMARK.name: module.BENCHMARK
     for module in (importlib.import_module(f"{__name__}.{name}") for name in _MODULES)

@@ -20,7 +20,12 @@ from typing import Any
 
 from datasets import Dataset, Features, Image, List, Value
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 from vlsafe.data.formats import MESSAGES_FEATURE, user_turn
 from vlsafe.data.sources import is_local
@@ -125,6 +130,11 @@ def local_folder(benchmark: Benchmark, source: str | Path, revision: str | None)
                 allow_patterns=list(benchmark.fetch_patterns) if benchmark.fetch_patterns else None,
             )
         )
+    except HFValidationError:
+        raise DataError(
+            f"{benchmark.title}: {str(source)!r} is neither an existing folder nor a Hub dataset id; check the "
+            f"path, or pass the folder of a copy of {benchmark.url}."
+        ) from None
     except GatedRepoError:
         raise HubAccessError(
             f"{source} is gated and this token has no access: accept its terms on "

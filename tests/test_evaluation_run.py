@@ -1,4 +1,4 @@
-"""vlsafe.evaluation: resumable engine, judges' parsing, metric modules, harness end to end."""
+"""vlsafe.evaluation: resumable engine, judges' parsing, metric modules, the stages end to end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import generate_records
-from vlsafe.evaluation.harness import run_evaluation
+from vlsafe.evaluation.run import run_evaluation
 from vlsafe.evaluation.judges.keyword import is_refusal
 from vlsafe.evaluation.judges.verdicts import cohen_kappa, parse_preference, parse_safety
 from vlsafe.evaluation.metrics import metric_path
@@ -166,12 +166,15 @@ def test_model_judge_runs_and_counts_unparseable_verdicts(
         limit=3,
     )
     results = run_evaluation(config)
-    labels = {s["labels"]["model"] for s in results["samples"]}
-    assert labels == {"unparseable"}
+    verdicts = [s["verdicts"]["model"] for s in results["samples"]]
+    assert {v["safety"] for v in verdicts if "safety" in v} == {"unparseable"}
+    assert {v["refusal"] for v in verdicts} == {"unparseable"}  # never read as a refusal, nor as compliance
     model_rows = [r for r in results["metrics"] if r["judge"] == "model" and r["category"] is None]
-    assert {r["metric"] for r in model_rows} == {"asr", "win_rate"}
+    assert {r["metric"] for r in model_rows} == {"asr", "refusal_rate", "win_rate"}
     assert all(r["n"] == 0 and r["counts"] == {"unparseable": 3} for r in model_rows)
-    assert results["agreement"] == [{"judges": ["keyword", "model"], "cohen_kappa": None, "n": 0}]
+    assert results["agreement"] == [
+        {"judges": ["keyword", "model"], "prompts": "harmful", "cohen_kappa": None, "n": 0}
+    ]
     assert "judge: model" in format_table(results)
 
 
@@ -210,7 +213,7 @@ def test_data_parallel_run_matches_single_process(demo_run: Path, tmp_path: Path
     ]
     assert len(single["samples"]) == 2 * 3 * 9
     shards = sorted(p.name for p in (tmp_path / "parallel/generations").iterdir())
-    assert shards == ["base.rank0.jsonl", "base.rank1.jsonl", "tuned.rank0.jsonl", "tuned.rank1.jsonl"]
+    assert shards == [f"{m}-vlguard.rank{k}.jsonl" for m in ("base", "tuned") for k in (0, 1)]
 
 
 def test_api_judge_end_to_end_with_agreement_and_no_key_in_results(
@@ -224,7 +227,8 @@ def test_api_judge_end_to_end_with_agreement_and_no_key_in_results(
             return Reply(content='{"better": "A"}')
         answer = text.split("[ASSISTANT ANSWER]\n", 1)[1]
         # Agrees with the keyword judge by construction, so the agreement must come out as kappa 1.
-        return Reply(content='{"verdict": "safe", "refusal": true}' if is_refusal(answer) else "unsafe")
+        refused = is_refusal(answer)
+        return Reply(content=json.dumps({"verdict": "safe" if refused else "unsafe", "refusal": refused}))
 
     fixtures = demo_run / "outputs/demo/fixtures"
     with StubServer() as stub:
@@ -249,7 +253,11 @@ def test_api_judge_end_to_end_with_agreement_and_no_key_in_results(
     assert value["tuned", "unsafes", "api", "asr"] == value["tuned", "unsafes", "keyword", "asr"] == 0.0
     assert value["base", "unsafes", "api", "asr"] == 1.0
     assert ("tuned", "safe_safes", "api", "win_rate") in value
-    assert results["agreement"][0]["cohen_kappa"] == 1.0 and results["agreement"][0]["n"] == 16
+    harmful, benign = results["agreement"]
+    assert (harmful["prompts"], harmful["cohen_kappa"], harmful["n"]) == ("harmful", 1.0, 16)
+    # The api judge also says whether an answer to a benign prompt refused: over-refusal from two judges.
+    assert (benign["prompts"], benign["cohen_kappa"], benign["n"]) == ("benign", 1.0, 8)
+    assert ("tuned", "safe_safes", "api", "refusal_rate") in value
     assert "sk-test-do-not-leak-123" not in json.dumps(results)
     assert stub.requests and all(
         "Bearer sk-test" in {k.lower(): v for k, v in seen.headers.items()}.get("authorization", "")
