@@ -167,6 +167,8 @@ def main() -> None:
     rounds.add_arguments(parser, list(METHODS))
     args = parser.parse_args()
     rounds.check_arguments(parser, args)
+    if args.prompts < 1 or (args.baseline_prompts is not None and args.baseline_prompts < 1):
+        parser.error("--prompts and --baseline_prompts: give at least 1 prompt")
     args.baseline_prompts = min(args.baseline_prompts or args.prompts, args.prompts)
     if args.child:
         rounds.run_child(args, measure)
@@ -219,8 +221,8 @@ def main() -> None:
             "shape": f"{args.shape} ({FAMILY[args.shape]})",
             "adapter": f"LoRA r{args.lora_r} (random non-zero weights)",
             "prompts": f"loop {args.baseline_prompts}, engine {args.prompts}",
-            "max_new_tokens": args.max_new_tokens,
-            "greedy; engine batch": results[0]["engine"]["batch_size"],
+            "decoding": f"greedy, max_new_tokens {args.max_new_tokens}",
+            "engine batch": results[0]["engine"]["batch_size"],
             "warm-up prompts": args.warmup,
         },
         notes=notes,

@@ -350,7 +350,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     for ratio in report["ratios"]:
         lines.append(
             f"**{ratio['label']}: {ratio['median']:.2f}x** (median of {len(ratio['values'])} per-round "
-            f"ratios; range {ratio['min']:.2f}-{ratio['max']:.2f}x)"
+            f"ratio{'s' if len(ratio['values']) != 1 else ''}; range {ratio['min']:.2f}-{ratio['max']:.2f}x)"
         )
     for check in report["checks"]:
         state = "passed in every round" if check["passed"] else "**FAILED** in at least one round"

@@ -36,7 +36,7 @@ import torch
 from shapes import FAMILY, SHAPES, build_model, build_processor, tiny_checkpoint, write_vlguard_train
 from transformers import TrainerCallback
 
-METHODS = {"trl": "TRL defaults", "vlsafe": "vlsafe recipe (auto_speed)"}
+METHODS = {"trl": "TRL defaults", "vlsafe": "vlsafe recipe, auto_speed"}
 # Largest relative loss difference that still counts as the same curve: in fp32 on a CPU the curves agree to
 # 0.00%; in bf16 on a GPU, Liger's fused kernels round differently from the eager ones.
 LOSS_TOLERANCE = 0.005

@@ -221,7 +221,7 @@ def test_eval_throughput(tmp_path):
         *("--threads", "1"),
         tmp_path=tmp_path,
     )
-    assert report["settings"]["greedy; engine batch"] == 16  # evaluate_safety.py's choice on a CPU
+    assert report["settings"]["engine batch"] == 16  # evaluate_safety.py's choice on a CPU
     assert report["checks"][0]["values"] == ["4/4", "4/4"]
     assert [r["loop"]["prompts"] for r in report["raw"]] == [4, 4]
     assert [r["engine"]["prompts"] for r in report["raw"]] == [8, 8]
