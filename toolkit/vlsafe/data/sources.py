@@ -8,7 +8,8 @@ import json
 import logging
 import re
 import reprlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,25 +124,39 @@ def read_json_list(path: Path, what: str = "records") -> list[Any]:
 
 
 def read_json_object(path: Path, what: str = "records keyed by id") -> dict[str, Any]:
-    """The JSON object in a .json file (benchmarks that key their records by id), or a clear error."""
-    data = _read_json(path)
+    """The JSON object in a .json file (benchmarks that key their records by id), or a clear error.
+
+    A key that occurs twice at the top level is an error: json would silently keep the last record only."""
+    repeats: list[list[str]] = []  # per object parsed, innermost first: the top-level object comes last
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        counts = Counter(key for key, _ in items)
+        repeats.append([key for key, n in counts.items() if n > 1])
+        return dict(items)
+
+    data = _read_json(path, object_pairs_hook=pairs)
     if not isinstance(data, dict):
         raise DataError(f"{path} must hold a JSON object of {what}, found {type(data).__name__}.")
+    if repeats and repeats[-1]:
+        raise DataError(
+            f"{path} holds the key {short_repr(repeats[-1][0])} more than once ({len(repeats[-1])} keys repeat): "
+            "only one of its records would count. Download the file again, or remove the duplicate."
+        )
     return data
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, object_pairs_hook: Callable | None = None) -> Any:
     """The parsed content of a .json (or .jsonl: a list of its lines) file, checked as `read_json_list` says."""
     text = read_text(path)
     if path.suffix == ".jsonl":
         # Split on newlines only: str.splitlines() would also cut at U+2028 and others, valid inside strings.
         records = [
-            _parse(line, path, f" at line {number}")
+            _parse(line, path, f" at line {number}", object_pairs_hook)
             for number, line in enumerate(text.split("\n"), start=1)
             if line.strip()
         ]
     else:
-        records = _parse(text, path, "")
+        records = _parse(text, path, "", object_pairs_hook)
     if _SURROGATE_ESCAPE.search(text):
         if isinstance(records, dict):
             items = ((short_repr(key), record) for key, record in records.items())
@@ -196,9 +211,9 @@ def read_csv_records(path: Path, columns: Sequence[str]) -> list[dict[str, str]]
     return rows
 
 
-def _parse(text: str, path: Path, where: str) -> Any:
+def _parse(text: str, path: Path, where: str, object_pairs_hook: Callable | None = None) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as error:
         problem = str(error)
     except RecursionError:
