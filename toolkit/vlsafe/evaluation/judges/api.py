@@ -104,6 +104,9 @@ class ApiJudge:
     """
 
     name = "api"
+    distributed = False  # concurrent HTTP requests from the main process
+    reports_refusal = True  # vlsafe's JSON verdict says whether the answer refused
+    compares_answers = True  # and it is asked the pairwise prompt for the win rate
     show_progress: bool = True
 
     def __init__(
@@ -282,7 +285,7 @@ class ApiJudge:
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=self.model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 temperature=0,
                 max_tokens=self.max_tokens,
                 extra_headers=self._extra_headers,
