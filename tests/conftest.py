@@ -1,7 +1,13 @@
 """Shared fixtures: tiny VLMs and synthetic datasets built once per session, an isolated vlsafe cache,
 and the loopback Hub server (tests/hub_server.py)."""
 
+# ruff: noqa: E402  (the loopback Hub must be configured before the imports below load huggingface_hub)
 from __future__ import annotations
+
+# One loopback Hub per session, set up through env vars (HF_ENDPOINT, HF_HOME...) read on import.
+from tests.hub_server import hub_server, start_session_hub  # noqa: F401  (pytest fixture)
+
+start_session_hub()
 
 import json
 import os
@@ -13,7 +19,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.hub_server import hub_server  # noqa: F401  (pytest fixture)
 from vlsafe.fixtures import FAMILIES, build_tiny_vlm, write_synthetic_sharegpt, write_synthetic_vlguard
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,10 +1,32 @@
 """A fake Hugging Face Hub served over real HTTP on 127.0.0.1, for tests.
 
 The real ``huggingface_hub`` client (``hf_hub_download``, ``snapshot_download``, ``HfApi().repo_info`` and
-friends, ``create_repo``, ``create_commit``/``upload_folder``, ``create_branch``) talks to it once
-``HF_ENDPOINT`` points at it: use the ``hub_server`` fixture, which also isolates the HF cache and token (see
-``point_hf_client_at`` for what is patched and why). ``transformers``/``peft`` ``from_pretrained`` go through
-the same client.
+friends, ``create_repo``, ``create_commit``/``upload_folder``, ``create_branch``) talks to it, and so do
+``transformers``/``peft`` ``from_pretrained``, ``datasets`` and child processes: use the ``hub_server``
+fixture.
+
+It reaches them only through configuration huggingface_hub documents, never through its private state.
+``start_session_hub()`` (called at the top of tests/conftest.py, before anything imports huggingface_hub)
+opens one pair of loopback ports for the whole session and exports environment variables, because
+huggingface_hub (``constants``), ``datasets.config`` and ``transformers`` read them once, at import:
+
+- ``HF_ENDPOINT``: the server. huggingface_hub derives from it the hosts it trusts with the token on
+  redirects, ``datasets`` its download URLs; LFS storage is on a second port, another origin, like the CDN.
+- ``HF_HOME``, and under it ``HF_HUB_CACHE``, ``HF_ASSETS_CACHE``, ``HF_XET_CACHE``, ``HF_DATASETS_CACHE``,
+  ``HF_TOKEN_PATH`` (named explicitly so a user's own values cannot win): never the user's
+  ``~/.cache/huggingface`` or login. ``HF_HOME`` is a symlink that the fixture points at
+  ``tmp_path / "hf_home"`` for each test (an empty folder otherwise); the client resolves the cache
+  folder at every call, so each test starts with an empty cache and no token file. ``HF_MODULES_CACHE``
+  stays fixed (transformers puts it on ``sys.path`` at import).
+- ``HF_HUB_DISABLE_XET=1`` (the server speaks the legacy LFS transfer), ``HF_HUB_DISABLE_TELEMETRY=1``,
+  ``HF_HUB_DISABLE_UPDATE_CHECK=1``, ``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE`` and ``TRANSFORMERS_OFFLINE``
+  ``=0``, ``NO_PROXY`` with the loopback; ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, ``HF_OIDC_*``,
+  ``HUGGINGFACE_CO_STAGING`` and the legacy cache variables are removed (tests set ``HF_TOKEN`` themselves).
+
+Tests are isolated inside the server: each gets a fresh ``FakeHub`` (repos, users, faults, routes, request
+log, LFS storage) whose repos' first commits have shas of their own, and fsspec's cached ``HfFileSystem``
+instances are dropped (``HfFileSystem.clear_instance_cache()``) around it. Outside ``hub_server`` tests the
+server answers from an empty hub. ``FakeHub().start()`` serves a hub on ports of its own instead.
 
 Repos are registered with ``FakeHub.add_repo`` (a local folder, read live as the repo's first commit, so
 tests may edit it) or created by the client. Each repo has a commit history and branches; ``main`` starts at
@@ -47,11 +69,16 @@ routes, call ``FakeHub.add_route`` with a handler ``(hub, Request) -> Response``
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
+import itertools
 import json
 import os
 import re
+import shutil
+import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -76,6 +103,7 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle
 LFS_MIN_SIZE = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
 REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_HUB_SEEDS = itertools.count()  # one per FakeHub: see FakeRepo.seed
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -128,10 +156,13 @@ class FakeRepo:
     tokens: frozenset[str] = field(default=frozenset(), repr=False)  # tokens allowed in (gated/private)
     commits: dict[str, Commit] = field(default_factory=dict, repr=False)
     branches: dict[str, str] = field(default_factory=dict)
+    # Which FakeHub made the repo: its part of the first commit's sha, so the same repo id registered in two
+    # tests gets two shas and no client cache keyed by commit (snapshots, fsspec listings) carries over.
+    seed: str = ""
 
     def __post_init__(self) -> None:
         if not self.commits:
-            sha = hashlib.sha1(f"fake-hub:{self.repo_type}:{self.repo_id}".encode()).hexdigest()
+            sha = hashlib.sha1(f"fake-hub:{self.seed}:{self.repo_type}:{self.repo_id}".encode()).hexdigest()
             files = None if self.folder is not None else {".gitattributes": Blob(GITATTRIBUTES.encode())}
             self.commits[sha] = Commit(sha, "initial commit", files=files)
             self.branches["main"] = sha
@@ -223,7 +254,14 @@ class Route:
 
 
 class FakeHub:
+    """The state of one fake Hub (repos, users, LFS storage, injected faults, request log) and its routes.
+
+    The ``hub_server`` fixture gives each test a fresh one, served by the session's sockets (``HubSession``);
+    ``start()``/``stop()`` serve one on sockets of its own instead (the client is not pointed at those).
+    """
+
     def __init__(self) -> None:
+        self.seed = str(next(_HUB_SEEDS))
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.requests: list[tuple[str, str, bool]] = []
         self.routes: list[Route] = []
@@ -231,8 +269,8 @@ class FakeHub:
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content: the LFS storage behind every repo
         self._users: dict[str, FakeUser] = {}  # token -> user
         self._lock = threading.RLock()  # the server is threaded: repo state changes under this lock
-        self._httpd: ThreadingHTTPServer | None = None
-        self._storage: ThreadingHTTPServer | None = None  # LFS storage: another origin, like the Hub's CDN
+        self._sockets: _Sockets | None = None  # what serves this hub, once started or served by a session
+        self._owns_sockets = False
         resolve = _PREFIX + _REPO_ID + r"/resolve/(?P<revision>[^/]+)/(?P<path>.+)"
         self.add_route(("GET", "HEAD"), resolve, resolve_file)
         self.add_route(("GET", "HEAD"), r"/lfs-objects/(?P<oid>[0-9a-f]{64})", get_lfs_object)
@@ -270,7 +308,7 @@ class FakeHub:
         if repo_type not in REPO_TYPES.values():
             raise ValueError(f"unknown repo_type {repo_type!r}")
         path = Path(folder) if folder is not None else None
-        repo = FakeRepo(repo_id, repo_type, path, gated, private, frozenset(tokens or ()))
+        repo = FakeRepo(repo_id, repo_type, path, gated, private, frozenset(tokens or ()), seed=self.seed)
         with self._lock:
             self.repos[(repo_type, repo_id)] = repo
         return repo
@@ -296,35 +334,27 @@ class FakeHub:
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        assert self._sockets is not None, "server not started"
+        return self._sockets.url
 
     @property
     def storage_url(self) -> str:
         """Where LFS content is uploaded to and downloaded from: a second port, so a different origin that
         the client neither follows HEAD redirects to nor sends the token to, as with the Hub's storage."""
-        assert self._storage is not None, "server not started"
-        host, port = self._storage.server_address[:2]
-        return f"http://{host}:{port}"
+        assert self._sockets is not None, "server not started"
+        return self._sockets.storage_url
 
     def start(self) -> FakeHub:
-        self._httpd, self._storage = (
-            _Server(("127.0.0.1", 0), _RequestHandler),
-            _Server(("127.0.0.1", 0), _RequestHandler),
-        )
-        for name, server in (("fake-hub", self._httpd), ("fake-hub-storage", self._storage)):
-            server.hub = self
-            kwargs = {"poll_interval": 0.05}
-            threading.Thread(target=server.serve_forever, kwargs=kwargs, daemon=True, name=name).start()
+        """Serve this hub on two new loopback ports of its own (``hub_server`` uses the session's)."""
+        self._sockets, self._owns_sockets = _Sockets(), True
+        self._sockets.serve(self)
         return self
 
     def stop(self) -> None:
-        for server in (self._httpd, self._storage):
-            if server is not None:
-                server.shutdown()
-                server.server_close()
-        self._httpd = self._storage = None
+        """Close the ports ``start`` opened; a hub served by the session only lets go of them."""
+        if self._sockets is not None and self._owns_sockets:
+            self._sockets.close()
+        self._sockets, self._owns_sockets = None, False
 
     # -- request handling ------------------------------------------------------------------------------
     def dispatch(self, request: Request, raw_path: str) -> Response:
@@ -751,106 +781,162 @@ class _RequestHandler(BaseHTTPRequestHandler):
         pass  # keep test output quiet
 
 
-def point_hf_client_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``huggingface_hub`` (and ``datasets``) in this process use ``endpoint``, a cache and token file
-    under ``hf_home``, no ambient token, no telemetry, online mode. Child processes get it via the env vars.
+class _Sockets:
+    """The two listening ports that serve a ``FakeHub``: the Hub API and, as another origin, LFS storage."""
 
-    ``huggingface_hub.constants`` reads the env at import time, and a few modules copied values from it:
-    ``hf_api.api`` (the ``HfApi()`` behind module-level ``list_repo_files``/``repo_info``...) froze
-    ``endpoint``, ``utils._http._HUB_ORIGINS`` (hosts auth may be forwarded to on redirect) and the cache
-    manager/assets helpers copied the cache paths. ``datasets.config`` copied ``HF_ENDPOINT`` likewise, and
-    ``transformers.utils.hub`` keeps a shared ``HfApi`` built (with the endpoint of the time) on first use.
+    def __init__(self) -> None:
+        self.api = _Server(("127.0.0.1", 0), _RequestHandler)
+        self.storage = _Server(("127.0.0.1", 0), _RequestHandler)
+        for name, server in (("fake-hub", self.api), ("fake-hub-storage", self.storage)):
+            kwargs = {"poll_interval": 0.05}
+            threading.Thread(target=server.serve_forever, kwargs=kwargs, daemon=True, name=name).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.api.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def storage_url(self) -> str:
+        host, port = self.storage.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve(self, hub: FakeHub) -> None:
+        """Answer every request from now on from ``hub``'s state and routes."""
+        self.api.hub = self.storage.hub = hub
+        hub._sockets = self
+
+    def close(self) -> None:
+        for server in (self.api, self.storage):
+            server.shutdown()
+            server.server_close()
+
+
+# Public huggingface_hub configuration the session sets: read once, when huggingface_hub (and datasets,
+# transformers) is first imported, and inherited by every child process.
+SESSION_FLAGS = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_DISABLE_XET": "1",  # the fake Hub speaks the legacy LFS transfer only
+    "HF_HUB_OFFLINE": "0",
+    "HF_DATASETS_OFFLINE": "0",
+    "TRANSFORMERS_OFFLINE": "0",
+}
+# Ambient settings that would bring in the user's token or send the client elsewhere.
+AMBIENT_VARIABLES = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_OIDC_RESOURCE",
+    "HF_OIDC_ID_TOKEN",
+    "HUGGINGFACE_CO_STAGING",
+    "HUGGINGFACE_HUB_CACHE",
+    "HUGGINGFACE_ASSETS_CACHE",
+)
+
+
+class HubSession:
+    """One pytest session's loopback Hub: its sockets, the environment pointing huggingface_hub at them, and
+    the HF home link that each ``hub_server`` test points at a folder of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "hf_home"  # a symlink: HF_HOME and every HF cache and token path lie under it
+        self.idle_home = root / "idle-home"  # where it points outside ``hub_server`` tests
+        self.sockets = _Sockets()
+        self.serve(FakeHub(), self.idle_home)
+
+    @property
+    def url(self) -> str:
+        return self.sockets.url
+
+    def environment(self) -> dict[str, str]:
+        """The env vars that point huggingface_hub, datasets, transformers and peft at this session."""
+        home = str(self.home)
+        no_proxy = ",".join(filter(None, ["127.0.0.1", "localhost", os.environ.get("NO_PROXY")]))
+        return {
+            "HF_ENDPOINT": self.url,
+            "HF_HOME": home,  # named explicitly below too, so a user's HF_HUB_CACHE cannot win
+            "HF_HUB_CACHE": os.path.join(home, "hub"),
+            "HF_ASSETS_CACHE": os.path.join(home, "assets"),
+            "HF_XET_CACHE": os.path.join(home, "xet"),
+            "HF_DATASETS_CACHE": os.path.join(home, "datasets"),
+            "HF_TOKEN_PATH": os.path.join(home, "token"),
+            # transformers puts this folder on sys.path at import time: a fixed one, not behind the link
+            "HF_MODULES_CACHE": str(self.root / "modules"),
+            **SESSION_FLAGS,
+            "NO_PROXY": no_proxy,  # loopback must never go through an ambient proxy
+            "no_proxy": no_proxy,
+        }
+
+    def serve(self, hub: FakeHub, home: Path) -> None:
+        """Answer requests from ``hub`` and keep HF caches and the token file in ``home`` from now on.
+
+        The link is replaced atomically (``os.replace``), so this process and its children see the whole
+        HF home switch at once; huggingface_hub keeps reading the same configured paths.
+        """
+        home.mkdir(parents=True, exist_ok=True)
+        self.sockets.serve(hub)
+        staged = self.home.with_name(f".{self.home.name}.next")
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(home.resolve(), target_is_directory=True)
+        os.replace(staged, self.home)
+
+    def close(self) -> None:
+        self.sockets.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_session: HubSession | None = None
+
+
+def start_session_hub() -> HubSession:
+    """Start this process's loopback Hub and export the env that points huggingface_hub at it (once).
+
+    Call it before anything imports huggingface_hub, which reads that configuration at import time:
+    tests/conftest.py does, at its top. Child processes inherit the env and reach the same server.
     """
-    from huggingface_hub import constants, hf_api
-    from huggingface_hub.utils import _cache_assets, _cache_manager, _http
+    global _session
+    if _session is None:
+        if "huggingface_hub" in sys.modules:
+            raise RuntimeError(
+                "huggingface_hub was imported before the loopback Hub was configured, so it would keep the "
+                "ambient HF_ENDPOINT/HF_HOME. Call tests.hub_server.start_session_hub() first (at the top of "
+                "tests/conftest.py, before importing vlsafe or any Hugging Face library)."
+            )
+        _session = HubSession(Path(tempfile.mkdtemp(prefix="vlsafe-hub-")))
+        os.environ.update(_session.environment())
+        for name in AMBIENT_VARIABLES:
+            os.environ.pop(name, None)
+        atexit.register(_session.close)
+    return _session
 
-    try:  # import before touching the env: its import-time copies must keep the real values once restored
-        import datasets.config as ds_config
-    except ImportError:
-        ds_config = None
-    try:
-        import transformers.utils.hub as tf_hub
-    except ImportError:
-        tf_hub = None
 
-    hf_home.mkdir(parents=True, exist_ok=True)
-    hub_cache, assets_cache, token_path = hf_home / "hub", hf_home / "assets", hf_home / "token"
-    env = {
-        "HF_ENDPOINT": endpoint,
-        "HF_HOME": str(hf_home),
-        "HF_HUB_CACHE": str(hub_cache),
-        "HF_ASSETS_CACHE": str(assets_cache),
-        "HF_XET_CACHE": str(hf_home / "xet"),
-        "HF_DATASETS_CACHE": str(hf_home / "datasets"),
-        "HF_TOKEN_PATH": str(token_path),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "TRANSFORMERS_OFFLINE": "0",
-    }
-    no_proxy = ",".join(filter(None, ["127.0.0.1", "localhost", os.environ.get("NO_PROXY")]))
-    env["NO_PROXY"] = env["no_proxy"] = no_proxy  # loopback must never go through an ambient proxy
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    for name in (
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_OIDC_RESOURCE",
-        "HF_OIDC_ID_TOKEN",
-        "HUGGINGFACE_CO_STAGING",
-        "HUGGINGFACE_HUB_CACHE",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def _configured_session() -> HubSession:
+    """The started session, checked against what huggingface_hub actually read."""
+    from huggingface_hub import constants
 
-    patches = {
-        "ENDPOINT": endpoint,
-        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_URL_HOSTS": constants.HF_URL_HOSTS | {"127.0.0.1"},
-        "HF_HOME": str(hf_home),
-        "HF_HUB_CACHE": str(hub_cache),
-        "HUGGINGFACE_HUB_CACHE": str(hub_cache),
-        "HF_ASSETS_CACHE": str(assets_cache),
-        "HUGGINGFACE_ASSETS_CACHE": str(assets_cache),
-        "HF_XET_CACHE": str(hf_home / "xet"),
-        "HF_TOKEN_PATH": str(token_path),
-        "HF_STORED_TOKENS_PATH": str(hf_home / "stored_tokens"),
-        "HF_HUB_OFFLINE": False,
-        "HF_HUB_DISABLE_TELEMETRY": True,
-        "HF_HUB_DISABLE_XET": True,
-    }
-    for name, value in patches.items():
-        monkeypatch.setattr(constants, name, value)
-    monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
-    monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(endpoint)})
-    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(_cache_assets, "HF_ASSETS_CACHE", str(assets_cache))
-
-    if ds_config is not None:
-        monkeypatch.setattr(ds_config, "HF_ENDPOINT", endpoint)
-        monkeypatch.setattr(
-            ds_config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
+    if _session is None or constants.ENDPOINT != _session.url:
+        raise RuntimeError(
+            f"huggingface_hub talks to {constants.ENDPOINT}, not to the loopback Hub: "
+            "tests.hub_server.start_session_hub() must run before huggingface_hub is first imported "
+            "(tests/conftest.py calls it at its top)."
         )
-        monkeypatch.setattr(ds_config, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(ds_config, "HF_DATASETS_OFFLINE", False)
-        monkeypatch.setattr(ds_config, "HF_DATASETS_CACHE", hf_home / "datasets")
-
-    if tf_hub is not None and hasattr(tf_hub, "_hf_api"):  # transformers' shared HfApi froze the endpoint
-        monkeypatch.setattr(tf_hub, "_hf_api", None)  # of its first use: rebuilt on next use, with ours
-
-    _http.close_session()  # the shared httpx2 client is rebuilt and reads the env (NO_PROXY) afresh
+    return _session
 
 
 @pytest.fixture(name="hub_server")
-def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """A started ``FakeHub`` that ``huggingface_hub`` talks to by default; the HF cache lives in
-    ``tmp_path / "hf_home"``. Register repos with ``hub_server.add_repo(...)``."""
-    from huggingface_hub.utils import _http
+def hub_server(tmp_path: Path) -> Iterator[FakeHub]:
+    """A fresh, empty ``FakeHub`` that huggingface_hub (and transformers, peft, datasets, child processes)
+    talks to by default, with an HF home of its own (caches, token file) in ``tmp_path / "hf_home"``.
+    Register repos with ``hub_server.add_repo(...)``."""
+    from huggingface_hub import HfFileSystem
 
-    hub = FakeHub().start()
+    session = _configured_session()
+    hub = FakeHub()
+    HfFileSystem.clear_instance_cache()  # fsspec keeps instances (and their listings) per endpoint+token
+    session.serve(hub, tmp_path / "hf_home")
     try:
-        point_hf_client_at(hub.url, tmp_path / "hf_home", monkeypatch)
         yield hub
     finally:
-        _http.close_session()  # drop pooled keep-alive connections to this server
-        hub.stop()
+        session.serve(FakeHub(), session.idle_home)  # late requests meet an empty Hub, not this test's
+        HfFileSystem.clear_instance_cache()

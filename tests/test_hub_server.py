@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
     HfApi,
+    HfFileSystem,
     constants,
     get_token,
     hf_hub_download,
@@ -26,7 +30,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.hub_server import FakeHub, point_hf_client_at
+from tests.hub_server import FakeHub, Response
 from tests.hub_server import hub_server as _hub_server  # noqa: F401  (registers the `hub_server` fixture)
 
 ALLOWED = "hf_fake_allowed_0123456789"
@@ -51,16 +55,19 @@ def _calls(hub: FakeHub, method: str, suffix: str) -> list[tuple[str, str, bool]
 
 
 def test_client_is_pointed_at_server_and_isolated(hub_server: FakeHub, tmp_path: Path) -> None:
-    assert constants.ENDPOINT == hub_server.url and hub_server.url.startswith("http://127.0.0.1:")
-    assert Path(constants.HF_HUB_CACHE).is_relative_to(tmp_path)
-    assert Path(constants.HF_TOKEN_PATH).is_relative_to(tmp_path)
-    assert get_token() is None  # no token from the machine leaks in
+    assert constants.ENDPOINT == os.environ["HF_ENDPOINT"] == hub_server.url
+    assert hub_server.url.startswith("http://127.0.0.1:")
+    home = tmp_path.resolve() / "hf_home"  # this test's own HF home, behind the configured HF_HOME link
+    assert Path(constants.HF_HUB_CACHE).resolve() == home / "hub"
+    assert Path(constants.HF_TOKEN_PATH).resolve() == home / "token"
+    assert get_token() is None and "HF_TOKEN" not in os.environ  # no token from the machine leaks in
+    assert Path(constants.HF_HOME).resolve() != (Path.home() / ".cache" / "huggingface").resolve()
 
 
 def test_download_dataset_file(hub_server: FakeHub, dataset) -> None:
     path = hf_hub_download("org/ds", "data/train.jsonl", repo_type="dataset")
     assert Path(path).read_text() == '{"a": 1}\n'
-    assert Path(path).is_relative_to(constants.HF_HUB_CACHE)
+    assert Path(path).is_relative_to(Path(constants.HF_HUB_CACHE).resolve())  # the client resolves it
     assert f"/snapshots/{dataset.sha}/data/train.jsonl" in path
     assert ("GET", "/datasets/org/ds/resolve/main/data/train.jsonl", False) in hub_server.requests
 
@@ -173,22 +180,62 @@ def test_token_is_sent_but_never_logged(hub_server: FakeHub, dataset) -> None:
     assert ALLOWED not in repr(dataset) and ALLOWED not in repr(hub_server.repos)
 
 
-def test_patches_are_undone(tmp_path: Path) -> None:
-    import datasets.config
-    from huggingface_hub import hf_api
+def test_child_process_reaches_this_tests_hub_and_cache(hub_server: FakeHub, dataset, tmp_path: Path) -> None:
+    code = (
+        "from huggingface_hub import hf_hub_download\n"
+        "print(hf_hub_download('org/ds', 'data/train.jsonl', repo_type='dataset'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path.read_text() == '{"a": 1}\n' and path.resolve().is_relative_to(tmp_path.resolve() / "hf_home")
+    assert ("GET", "/datasets/org/ds/resolve/main/data/train.jsonl", False) in hub_server.requests
 
-    before = (constants.ENDPOINT, constants.HF_HUB_CACHE, hf_api.api.endpoint, datasets.config.HF_ENDPOINT)
-    with pytest.MonkeyPatch.context() as mp:
-        point_hf_client_at("http://127.0.0.1:1", tmp_path / "home", mp)
-        assert hf_api.api.endpoint == datasets.config.HF_ENDPOINT == "http://127.0.0.1:1"
-    after = (constants.ENDPOINT, constants.HF_HUB_CACHE, hf_api.api.endpoint, datasets.config.HF_ENDPOINT)
-    assert after == before
+
+@pytest.mark.parametrize("run", ["first", "second"])
+def test_each_test_gets_a_fresh_hub_and_hf_home(hub_server: FakeHub, tmp_path: Path, run: str) -> None:
+    """Run twice (either order): whichever runs second sees any state the other one left behind."""
+    assert hub_server.repos == {} and hub_server.requests == [] and hub_server.faults == []
+    assert hub_server.user("hf_fake_leaked_token") is None and get_token() is None
+    assert len(hub_server.routes) == len(FakeHub().routes)  # built-in routes only
+    assert not Path(constants.HF_HUB_CACHE).exists()  # a new, empty HF home
+
+    # Leave state behind everywhere: a repo with the same id but other content in each run, a user, a
+    # standing fault, an extra route, a logged-in token file, a cached download and an fsspec listing.
+    hub_server.add_repo("org/leak", _folder(tmp_path / "leak", {f"{run}.txt": run}))
+    hub_server.add_user("leaker", "hf_fake_leaked_token")
+    hub_server.fail("GET", r"/never-called", times=None)
+    hub_server.add_route(("GET",), r"/extra", lambda hub, req: Response.json(run))
+    Path(constants.HF_TOKEN_PATH).write_text("hf_fake_leaked_token")
+    assert get_token() == "hf_fake_leaked_token"
+    assert Path(hf_hub_download("org/leak", f"{run}.txt", repo_type="dataset")).read_text() == run
+    listed = HfFileSystem().ls("datasets/org/leak", detail=False)
+    assert [Path(p).name for p in listed] == [f"{run}.txt"]  # not the other run's cached listing
+
+
+def test_repos_of_different_hubs_get_different_commits() -> None:
+    """The same repo id in two tests must not share a commit sha: client caches are keyed by it."""
+    first, second = FakeHub().add_repo("org/same", None), FakeHub().add_repo("org/same", None)
+    assert first.sha != second.sha
+    assert FakeHub().add_repo("org/a", None).sha != FakeHub().add_repo("org/b", None).sha
+
+
+def test_a_started_hub_serves_on_ports_of_its_own(hub_server: FakeHub) -> None:
+    from huggingface_hub.utils import get_session
+
+    own = FakeHub().start()
+    try:
+        own.add_repo("org/own", None, repo_type="model")
+        assert own.url != hub_server.url and own.storage_url != hub_server.storage_url
+        assert get_session().get(f"{own.url}/api/models/org/own").json()["id"] == "org/own"
+        assert get_session().get(f"{hub_server.url}/api/models/org/own").status_code == 404
+    finally:
+        own.stop()
+    assert hub_server.requests == [("GET", "/api/models/org/own", False)]  # the session's hub: its own log
 
 
 def test_add_route_extends_the_server(hub_server: FakeHub) -> None:
     from huggingface_hub.utils import get_session
-
-    from tests.hub_server import Response
 
     hub_server.add_route(("POST",), r"/echo-length", lambda hub, req: Response.json(len(req.body)))
     chunked = get_session().post(f"{hub_server.url}/echo-length", content=iter([b"ab", b"cde"]))
