@@ -278,6 +278,7 @@ def test_a_fully_fine_tuned_model_gets_a_transformers_card(tmp_path: Path) -> No
     assert "| Parameters trained | 7,615,616,512 of 8,292,166,656 |" in card.text
     assert "LoRA" not in card.text and "PeftModel" not in card.text and "load_adapter" not in card.text
     assert 'AutoModelForImageTextToText.from_pretrained("<your-username>/full")' in card.text
+    assert "--adapter" not in card.text and "a safety-tuned replacement for" in card.text
     with pytest.raises(VlsafeError, match="holds full model weights but no training_summary.json"):
         write_adapter_card(make_full_model(tmp_path / "bare"))
 
