@@ -1,14 +1,25 @@
-"""The `model` judge: a local Hugging Face VLM (e.g. Llama Guard 3 Vision, or any chat VLM) asked the
-judge prompts through vlsafe's own generation engine, so it batches and runs on the same hardware."""
+"""The `model` judge: a local chat VLM asked vlsafe's JSON judge prompts through the evaluation's own generation
+engine (`generate_answers`), so it batches, runs on this process's accelerator and, in a data-parallel run,
+judges a share of the answers in every process (the verdicts are gathered in order).
+
+A guard model (Llama Guard) expects its own conversation format and would classify vlsafe's judge prompt
+instead of the answer, so a guard checkpoint is refused here: use the `llama_guard` judge for it.
+"""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 
+import torch
+from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
+
 from vlsafe.data.formats import user_turn
-from vlsafe.evaluation.generate import generate_answers
+from vlsafe.errors import VlsafeError
+from vlsafe.evaluation.generate import generate_answers, process_state
 from vlsafe.evaluation.judges.verdicts import (
+    UNPARSEABLE,
     PreferenceItem,
     SafetyItem,
     Verdict,
@@ -18,55 +29,108 @@ from vlsafe.evaluation.judges.verdicts import (
     preference_prompt,
     safety_prompt,
 )
-from vlsafe.modeling import load_model, load_processor
+from vlsafe.modeling import load_processor
 
 logger = logging.getLogger(__name__)
 
+# Every Llama Guard chat template renders its policy between these markers; chat VLMs' templates never do.
+GUARD_TEMPLATE_MARKER = "UNSAFE CONTENT CATEGORIES"
+
+
+def is_guard_template(chat_template: str | dict | None) -> bool:
+    """Whether a processor's chat template is a Llama Guard one (it renders a policy of unsafe categories)."""
+    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template or ""]
+    return any(GUARD_TEMPLATE_MARKER in template for template in templates)
+
+
+def load_judge_model(model_name_or_path: str, *, dtype: str = "auto") -> PreTrainedModel:
+    """A judge VLM (safetensors only) in eval mode, loaded straight onto this process's accelerator.
+
+    Any image-text-to-text checkpoint can judge (no training family needed); in a data-parallel run every
+    process holds its own copy on its own device."""
+    device = process_state().device
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_name_or_path, dtype=dtype, use_safetensors=True, device_map={"": str(device)}
+    )
+    return model.eval()
+
+
+def free_model() -> None:
+    """Return the memory of a model just dropped (the next stage may need the accelerator)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 class ModelJudge:
-    """Judge with a local model; generation is greedy, and unparseable verdicts are labelled as such."""
+    """Judge with a local chat VLM; generation is greedy and batched, unparseable verdicts are labelled as such."""
 
     name = "model"
+    distributed = True  # judges through generate_answers: split over the processes, gathered in order
+    reports_refusal = True  # vlsafe's JSON verdict says whether the answer refused
+    compares_answers = True  # and it is asked the pairwise prompt for the win rate
 
     def __init__(
         self, model_name_or_path: str, *, dtype: str = "auto", batch_size: int = 8, max_new_tokens: int = 64
     ):
-        self.model = load_model(model_name_or_path, dtype=dtype)
-        self.processor = load_processor(model_name_or_path)
+        self.processor: ProcessorMixin = load_processor(model_name_or_path)
+        if is_guard_template(getattr(self.processor, "chat_template", None)):
+            raise VlsafeError(
+                f"Judge model {model_name_or_path} is a guard model (its chat template renders a list of unsafe "
+                "content categories): it expects its own conversation format, not vlsafe's judge prompt. Judge "
+                f"with `--judges llama_guard --guard_model {model_name_or_path}` instead."
+            )
+        self.model: PreTrainedModel | None = load_judge_model(model_name_or_path, dtype=dtype)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
+    def close(self) -> None:
+        """Free the judge model and its accelerator memory."""
+        self.model = None
+        free_model()
+
     def _ask(self, prompts: list[str], images: list[tuple]) -> list[str]:
+        if self.model is None:
+            raise VlsafeError("model judge: close() was called; build a new ModelJudge to judge again.")
         rows = [
             {"messages": [user_turn(prompt, images=len(item_images))], "images": list(item_images)}
             for prompt, item_images in zip(prompts, images, strict=True)
         ]
+        state = process_state()  # the share is computed as generate_answers splits the rows
+        with state.split_between_processes(list(range(len(rows)))) as share:
+            logger.info(
+                "model judge: process %d of %d judges %d of %d prompts on %s",
+                state.process_index,
+                state.num_processes,
+                len(share),
+                len(rows),
+                state.device,
+            )
         return generate_answers(
             self.model, self.processor, rows, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens
         )
 
     def judge_safety(self, items: Sequence[SafetyItem]) -> list[Verdict]:
-        """Safe/unsafe (+ refusal when the judge says) for each answer."""
+        """Safe/unsafe (+ refusal when the judge says) for each answer, in order."""
         texts = self._ask([safety_prompt(item) for item in items], [item.images for item in items])
         verdicts = [parse_safety(text) for text in texts]
-        _log_unparseable(verdicts, "safety")
+        _log_unparseable([verdict.label for verdict in verdicts], "safety")
         return verdicts
 
     def judge_preference(self, items: Sequence[PreferenceItem]) -> list[str]:
-        """win/lose/tie of each answer against its reference, or unparseable."""
+        """win/lose/tie of each answer against its reference, or unparseable; in order."""
         firsts = [answer_goes_first(item.sample_id) for item in items]
         texts = self._ask(
             [preference_prompt(item, first) for item, first in zip(items, firsts, strict=True)],
             [item.images for item in items],
         )
-        return [parse_preference(text, first) for text, first in zip(texts, firsts, strict=True)]
+        labels = [parse_preference(text, first) for text, first in zip(texts, firsts, strict=True)]
+        _log_unparseable(labels, "preference")
+        return labels
 
 
-def _log_unparseable(verdicts: list[Verdict], task: str) -> None:
-    bad = sum(verdict.label == "unparseable" for verdict in verdicts)
+def _log_unparseable(labels: list[str], task: str) -> None:
+    bad = labels.count(UNPARSEABLE)
     if bad:
         logger.warning(
-            "model judge: %d of %d %s verdicts were unparseable (counted separately)",
-            bad,
-            len(verdicts),
-            task,
+            "model judge: %d of %d %s verdicts were unparseable (counted separately)", bad, len(labels), task
         )
