@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+from trl import DPOConfig, SFTConfig, TrlParser
 
 from tests.conftest import REPO
 from vlsafe.evaluation.config import EvaluationConfig
@@ -24,7 +24,7 @@ def _recipe(name: str):
 
 
 def _dataclasses(recipe: str) -> tuple:
-    if recipe == "evaluate_safety":
+    if recipe.startswith("evaluate_"):  # evaluate_safety, evaluate_suite: configs of recipes/evaluate_safety.py
         return (EvaluationConfig,)
     module = _recipe(recipe)
     script_args = {
@@ -33,7 +33,7 @@ def _dataclasses(recipe: str) -> tuple:
         "dpo_safety": "DPOSafetyArguments",
     }
     training = DPOConfig if recipe == "dpo_safety" else SFTConfig
-    return getattr(module, script_args[recipe]), training, ModelConfig
+    return getattr(module, script_args[recipe]), training, module.ModelArguments  # what the recipe parses
 
 
 def test_every_recipe_has_configs() -> None:
@@ -45,8 +45,8 @@ def test_every_recipe_has_configs() -> None:
 def test_config_parses(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     # GPU configs ask for bf16, which TrainingArguments refuses on a machine without a GPU.
-    no_gpu = [] if config.stem == "evaluate_safety" else ["--bf16", "false"]
+    no_gpu = [] if config.stem.startswith("evaluate_") else ["--bf16", "false"]
     parsed = TrlParser(_dataclasses(config.stem)).parse_args_and_config(["--config", str(config), *no_gpu])
-    if config.stem != "evaluate_safety":
+    if not config.stem.startswith("evaluate_"):
         script, training, model = parsed
         assert model.model_name_or_path and training.output_dir
