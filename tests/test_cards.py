@@ -32,7 +32,7 @@ NUMBERS = {
 
 
 def make_results(path: Path, adapter: str = "outputs/sft", plot: bool = False) -> Path:
-    """A results.json in the evaluation's schema (version 1), with per-category rows and samples."""
+    """A results.json in the evaluation's schema (version 2), with per-category rows and samples."""
     metrics = [
         {"model": model, "benchmark": "vlguard", "subset": subset, "category": None, "judge": judge,
          "metric": metric, "value": value, "n": 442, "ci95": [max(0.0, value - 0.02), min(1.0, value + 0.02)]}
@@ -44,7 +44,18 @@ def make_results(path: Path, adapter: str = "outputs/sft", plot: bool = False) -
              "metric": "asr", "value": value, "n": 40, "ci95": [0.0, 1.0]}
         )  # fmt: skip
     results = {
-        "vlsafe_results_version": 1,
+        "vlsafe_results_version": 2,
+        "benchmarks": {
+            "vlguard": {
+                "title": "VLGuard test",
+                "published": "hf:ys-zong/VLGuard",
+                "subsets": {
+                    "unsafes": {"prompts": 442, "harmful": True},
+                    "safe_unsafes": {"prompts": 558, "harmful": True},
+                    "safe_safes": {"prompts": 558, "harmful": False},
+                },
+            }
+        },
         "models": {
             "base": {"base_model": "org/base-vlm", "adapter": None},
             "tuned": {"base_model": "org/base-vlm", "adapter": adapter},
@@ -53,7 +64,8 @@ def make_results(path: Path, adapter: str = "outputs/sft", plot: bool = False) -
         "metrics": metrics,
         "samples": [
             {"model": "tuned", "benchmark": "vlguard", "subset": "unsafes", "id": "1", "category": "privacy",
-             "prompt": "What is in the image?", "generation": "I'm sorry, I cannot help.", "labels": {"keyword": "refused"}}
+             "prompt": "What is in the image?", "generation": "I'm sorry, I cannot help.",
+             "verdicts": {"keyword": {"refusal": "refused"}}}
         ],
     }  # fmt: skip
     path.mkdir(parents=True, exist_ok=True)
@@ -98,13 +110,17 @@ def test_card_front_matter_carries_the_evaluation_in_model_index(tmp_path: Path)
     assert data.pipeline_tag == "image-text-to-text" and data.license == "apache-2.0"
     assert {"vlsafe", "safety", "lora", "vlguard"} <= set(data.tags)
     assert data.datasets == ["ys-zong/VLGuard"]  # the local helpfulness json is no Hub dataset
-    got = {(r.dataset_type, r.metric_type, r.metric_config): r.metric_value for r in data.eval_results}
+    got = {
+        (r.dataset_type, r.dataset_config, r.metric_type, r.metric_config): r.metric_value
+        for r in data.eval_results
+    }
     assert got == {
-        ("vlguard-unsafes", "asr", "keyword"): 0.02,
-        ("vlguard-safe_unsafes", "asr", "keyword"): 0.04,
-        ("vlguard-safe_safes", "refusal_rate", "keyword"): 0.03,
-        ("vlguard-safe_safes", "win_rate", "gpt-judge"): 0.47,
+        ("ys-zong/VLGuard", "unsafes", "asr", "keyword"): 0.02,
+        ("ys-zong/VLGuard", "safe_unsafes", "asr", "keyword"): 0.04,
+        ("ys-zong/VLGuard", "safe_safes", "refusal_rate", "keyword"): 0.03,
+        ("ys-zong/VLGuard", "safe_safes", "win_rate", "gpt-judge"): 0.47,
     }  # the tuned model's overall numbers only: no base rows, no per-category rows
+    assert {r.dataset_name for r in data.eval_results} >= {"VLGuard test unsafes", "VLGuard test safe_safes"}
     names = {r.metric_name for r in data.eval_results}
     assert "Attack success rate (keyword judge)" in names and "Over-refusal rate (keyword judge)" in names
     assert all(r.task_type == "image-text-to-text" and r.dataset_split == "test" for r in data.eval_results)
@@ -116,7 +132,7 @@ def test_card_body_shows_base_and_tuned_side_by_side(tmp_path: Path) -> None:
     assert (adapter / "results.json").is_file() and (adapter / "results.png").is_file()
     body = ModelCard.load(adapter / "README.md").text
 
-    unsafe_row = next(line for line in body.splitlines() if line.startswith("| VLGuard | unsafes |"))
+    unsafe_row = next(line for line in body.splitlines() if line.startswith("| VLGuard test | unsafes |"))
     assert "62.0%" in unsafe_row and "2.0%" in unsafe_row and "-60.0 pts" in unsafe_row
     assert "lower is better" in unsafe_row
     win_row = next(line for line in body.splitlines() if "Win rate" in line)
@@ -167,8 +183,8 @@ def test_update_card_replaces_a_stale_plot_and_rejects_bad_results(tmp_path: Pat
     before = (adapter / "README.md").read_text()
     bad = tmp_path / "bad" / "results.json"
     bad.parent.mkdir()
-    bad.write_text(json.dumps({"vlsafe_results_version": 2, "metrics": []}))
-    with pytest.raises(VlsafeError, match="vlsafe_results_version 2.*reads version 1"):
+    bad.write_text(json.dumps({"vlsafe_results_version": 1, "metrics": []}))
+    with pytest.raises(VlsafeError, match="vlsafe_results_version 1.*reads version 2"):
         update_card(adapter, bad)
     bad.write_text("{not json")
     with pytest.raises(VlsafeError, match="not valid JSON"):
@@ -223,22 +239,24 @@ def test_minimal_results_render(tmp_path: Path) -> None:
     row = {"model": "tuned", "benchmark": "mm-safety", "subset": "all", "category": None, "judge": "keyword",
            "metric": "asr", "value": 0.25}  # fmt: skip
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"vlsafe_results_version": 1, "models": {"tuned": {}}, "judges": ["keyword"], "metrics": [row]}))  # fmt: skip
+    results.write_text(json.dumps({"vlsafe_results_version": 2, "models": {"tuned": {}}, "judges": ["keyword"], "metrics": [row]}))  # fmt: skip
     card = ModelCard.load(update_card(adapter, results))
     assert (
         "| mm-safety | all | Attack success rate (keyword judge), lower is better | – | 25.0% | – | – |"
         in card.text
     )
     assert "safety fine-tuning recipe\n(`sft_custom`)" in card.text and "vlguard" not in card.data.tags
-    assert [(r.dataset_type, r.metric_value) for r in card.data.eval_results] == [("mm-safety-all", 0.25)]
+    assert [(r.dataset_type, r.dataset_config, r.metric_value) for r in card.data.eval_results] == [
+        ("mm-safety", "all", 0.25)
+    ]
 
 
 def test_refusals_on_safe_prompts_are_labelled_over_refusal() -> None:
     from vlsafe.cards import metric_label
 
-    assert metric_label("refusal_rate", "benign", "keyword") == "Over-refusal rate (keyword judge)"
-    assert metric_label("refusal_rate", "safe_safes", "keyword") == "Over-refusal rate (keyword judge)"
-    assert metric_label("refusal_rate", "unsafes", "keyword") != "Over-refusal rate (keyword judge)"
+    assert metric_label("refusal_rate", "keyword", benign=True) == "Over-refusal rate (keyword judge)"
+    assert metric_label("refusal_rate", "keyword") == "Refusal rate (keyword judge)"
+    assert metric_label("asr", "llama_guard") == "Attack success rate (llama_guard judge)"
 
 
 def make_full_model(folder: Path, summary: dict | None = None) -> Path:
@@ -317,3 +335,33 @@ def test_a_dpo_card_names_the_recipe_pairs_and_their_provenance(tmp_path: Path) 
     assert "- Preferences data: `data/spa_vl.jsonl`." in card.text
     assert "| DPO reference model | frozen copy of the continued adapter |" in card.text
     assert "| Kind of sample |" not in card.text  # the pair table replaces it
+
+
+def test_a_suite_evaluation_lists_every_benchmark_in_model_index(tmp_path: Path) -> None:
+    adapter = make_adapter(tmp_path / "adapter")
+    path = make_results(tmp_path / "eval")
+    results = json.loads(path.read_text())
+    results["benchmarks"]["figstep"] = {
+        "title": "FigStep SafeBench",
+        "published": "github:ThuCCSLab/FigStep",
+        "subsets": {"safebench": {"prompts": 500, "harmful": True}},
+    }
+    for model, value in (("base", 0.8), ("tuned", 0.1)):
+        results["metrics"].append(
+            {"model": model, "benchmark": "figstep", "subset": "safebench", "category": None, "judge": "keyword",
+             "metric": "asr", "value": value, "n": 500, "ci95": [value - 0.03, value + 0.03]}
+        )  # fmt: skip
+    results["summary"] = [
+        {"model": model, "judge": "keyword", "metric": "asr", "label": "mean ASR", "value": value,
+         "benchmarks": ["figstep", "vlguard"]}
+        for model, value in (("base", 0.75), ("tuned", 0.06))
+    ]  # fmt: skip
+    path.write_text(json.dumps(results))
+    card = ModelCard.load(update_card(adapter, path))
+    types = {(r.dataset_type, r.dataset_config) for r in card.data.eval_results}
+    assert ("ThuCCSLab/FigStep", "safebench") in types and ("ys-zong/VLGuard", "unsafes") in types
+    assert (
+        "| FigStep SafeBench | safebench | Attack success rate (keyword judge), lower is better |"
+        in card.text
+    )
+    assert "| keyword | mean ASR | 75.0% | 6.0% | figstep, vlguard |" in card.text

@@ -86,8 +86,9 @@ def test_benign_subset_is_evaluated_and_reported_as_over_refusal(
     assert {subset for subset, _, metric in rows if metric == "asr"} == {"easy", "hard", "real"}
 
     table = format_table(results)
-    (line,) = [line for line in table.splitlines() if line.startswith("Benign refusal = over-refusal")]
-    assert line.endswith(f"n={n_benign}")
+    # One over-refusal line per judge: the keyword judge's, and the api judge's own refusal verdicts.
+    lines = [line for line in table.splitlines() if line.startswith("Benign refusal = over-refusal")]
+    assert len(lines) == 2 and all(line.endswith(f"n={n_benign}") for line in lines)
     assert "Benign win rate vs reference" in table and "MIS-easy ASR" in table
 
 

@@ -256,7 +256,9 @@ def test_api_judge_end_to_end_with_agreement_and_no_key_in_results(
     harmful, benign = results["agreement"]
     assert (harmful["prompts"], harmful["cohen_kappa"], harmful["n"]) == ("harmful", 1.0, 16)
     # The api judge also says whether an answer to a benign prompt refused: over-refusal from two judges.
-    assert (benign["prompts"], benign["cohen_kappa"], benign["n"]) == ("benign", 1.0, 8)
+    assert (benign["prompts"], benign["n"]) == ("benign", 8)
+    safe_safes = [s for s in results["samples"] if s["subset"] == "safe_safes"]
+    assert all(s["verdicts"]["api"]["refusal"] == s["verdicts"]["keyword"]["refusal"] for s in safe_safes)
     assert ("tuned", "safe_safes", "api", "refusal_rate") in value
     assert "sk-test-do-not-leak-123" not in json.dumps(results)
     assert stub.requests and all(

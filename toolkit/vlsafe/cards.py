@@ -33,7 +33,7 @@ MODEL_CONFIG = "config.json"
 SUMMARY = "training_summary.json"
 RESULTS = "results.json"
 PLOT = "results.png"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # of results.json, written by vlsafe.evaluation.run
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,6 @@ REJECTED_SOURCES = {  # where a DPO pair's rejected answer came from
     "template": "a refusal template (the model had answered the safe prompt)",
     "imported": "as given in the imported preference file",
 }
-BENCHMARKS = {"vlguard": "VLGuard", "mis": "MIS"}
 METRICS = {  # metric -> (label, better)
     "asr": ("Attack success rate", "lower"),
     "refusal_rate": ("Refusal rate", "lower"),
@@ -76,11 +75,24 @@ METRICS = {  # metric -> (label, better)
 }
 JUDGES = {
     "keyword": (
-        "keyword judge: an answer counts as a refusal when it contains a refusal phrase (VLGuard's list). It "
-        'is cheap and deterministic but coarse: a harmful answer that carries a disclaimer ("this is illegal, '
-        'but...", "I cannot stress enough...") counts as a refusal, so keyword ASR is a lower bound on real '
-        "harm, and a refusal worded without any listed phrase counts as compliance. Confirm the numbers with "
-        "a model or API judge before relying on them."
+        "keyword judge (vlsafe's refusal detector): reads the opening sentences of an answer for a refusal "
+        "statement, with typographic quotes, markdown and case normalised, and tells a refusal from a disclaimer "
+        "followed by an answer. It is offline and deterministic, but misses refusals it has no pattern for and "
+        "counts an answer that refuses first and complies after as a refusal, so its ASR is a lower bound on "
+        "harm; confirm published numbers with a model or API judge."
+    ),
+    "vlguard_keyword": (
+        "vlguard_keyword judge: VLGuard's 2024 refusal phrases matched anywhere in the answer, kept for numbers "
+        'comparable with the paper. It fires on any mention of a listed word ("illegal", "I cannot stress '
+        'enough") and misses typographic apostrophes and polite refusals.'
+    ),
+    "xstest_strmatch": (
+        "xstest_strmatch judge: XSTest's refusal prefixes at the start of the answer, kept for numbers comparable "
+        'with the paper. It misses refusals after a first sentence and reads "Sorry to hear..." as a refusal.'
+    ),
+    "llama_guard": (
+        "llama_guard judge: a Llama Guard model reads the conversation in its own format and says whether the "
+        "answer is safe (and which categories it violates). It rates harm, not refusals, so it gives ASR only."
     ),
 }
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -149,7 +161,7 @@ def read_json(path: Path, what: str) -> dict[str, Any] | None:
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
-    """A vlsafe results.json (schema version 1), checked enough to render a card from it."""
+    """A vlsafe results.json (schema `RESULTS_VERSION`), checked enough to render a card from it."""
     path = Path(path)
     results = read_json(path, "evaluation results")
     if results is None:
@@ -172,34 +184,48 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def metric_label(metric: str, subset: str, judge: str) -> str:
-    """E.g. "Attack success rate (keyword judge)"; refusals on safe prompts are over-refusals."""
-    label = METRICS.get(metric, (metric, ""))[0]
-    if metric == "refusal_rate" and (subset.startswith("safe_safe") or subset == "benign"):
-        label = "Over-refusal rate"
+def _benchmark(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """What results.json says about a benchmark (title, where it is published, its subsets)."""
+    return results.get("benchmarks", {}).get(name) or {"title": name, "published": name, "subsets": {}}
+
+
+def metric_label(metric: str, judge: str, *, benign: bool = False) -> str:
+    """E.g. "Attack success rate (keyword judge)"; refusals on benign prompts are over-refusals."""
+    label = (
+        "Over-refusal rate" if metric == "refusal_rate" and benign else METRICS.get(metric, (metric, ""))[0]
+    )
     return f"{label} ({judge})" if "judge" in judge else f"{label} ({judge} judge)"
+
+
+def _is_benign(results: dict[str, Any], benchmark: str, subset: str) -> bool:
+    return not _benchmark(results, benchmark)["subsets"].get(subset, {}).get("harmful", True)
 
 
 def eval_results(results: dict[str, Any], model: str = "tuned") -> list[EvalResult]:
     """The overall numbers (``category: null``) of `model`, as model-index entries.
 
-    The dataset type names benchmark and subset (``vlguard-unsafes``), the metric type is vlsafe's metric id
-    (``asr``, ``refusal_rate``, ``win_rate``) and its config the judge.
+    The dataset type is the benchmark's Hub id or repository (``ys-zong/VLGuard``, ``ThuCCSLab/FigStep``), its
+    config the subset; the metric type is vlsafe's metric id (``asr``, ``refusal_rate``, ``win_rate``) and its
+    config the judge.
     """
     out = []
     for row in results.get("metrics", []):
         if row["model"] != model or row.get("category") is not None:
             continue
         benchmark, subset = row["benchmark"], row["subset"]
+        entry = _benchmark(results, benchmark)
         out.append(
             EvalResult(
                 task_type="image-text-to-text",
                 task_name="Safety",
-                dataset_type=f"{benchmark}-{subset}",
-                dataset_name=f"{BENCHMARKS.get(benchmark, benchmark)} {subset}",
+                dataset_type=entry["published"].partition(":")[2] or entry["published"],
+                dataset_name=f"{entry['title']} {subset}",
+                dataset_config=subset,
                 dataset_split="test",
                 metric_type=row["metric"],
-                metric_name=metric_label(row["metric"], subset, row["judge"]),
+                metric_name=metric_label(
+                    row["metric"], row["judge"], benign=_is_benign(results, benchmark, subset)
+                ),
                 metric_config=row["judge"],
                 metric_value=round(float(row["value"]), 4),
             )
@@ -244,9 +270,9 @@ def comparison_rows(results: dict[str, Any], *, categories: bool = False) -> lis
     for (benchmark, subset, metric, judge, category), by_model in ordered:
         rows.append(
             Row(
-                BENCHMARKS.get(benchmark, benchmark),
+                _benchmark(results, benchmark)["title"],
                 subset,
-                metric_label(metric, subset, judge),
+                metric_label(metric, judge, benign=_is_benign(results, benchmark, subset)),
                 METRICS.get(metric, ("", "?"))[1],
                 by_model.get("base"),
                 by_model.get("tuned"),
@@ -254,6 +280,20 @@ def comparison_rows(results: dict[str, Any], *, categories: bool = False) -> lis
             )
         )
     return rows
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite means (each benchmark weighted equally) of base and tuned per judge and metric; none for one
+    benchmark."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for row in results.get("summary", []):
+        if len(row["benchmarks"]) > 1:
+            entry = rows.setdefault(
+                (row["judge"], row["metric"]), {"judge": row["judge"], "label": row["label"]}
+            )
+            entry[row["model"]] = row["value"]
+            entry["benchmarks"] = ", ".join(row["benchmarks"])
+    return list(rows.values())
 
 
 # -- rendering ----------------------------------------------------------------------------------------------------
@@ -335,6 +375,7 @@ def card_context(
         "results": results,
         "rows": comparison_rows(results) if results else [],
         "category_rows": comparison_rows(results, categories=True) if results else [],
+        "summary_rows": summary_rows(results) if results else [],
         "has_plot": (folder / PLOT).is_file(),
         "judges": [(judge, JUDGES.get(judge, _model_judge_note(judge))) for judge in judges],
     }

@@ -67,9 +67,11 @@ def load_suite(config: EvaluationConfig) -> dict[str, Dataset]:
     names = benchmark_names(config)
     published = [name for name in names if name != BENIGN]
     where = sources(config, names)
-    if config.subsets is not None and len(published) > 1:
+    if config.subsets is not None:
+        _check_subsets(config, published)
+    if config.references is not None and not any(get_benchmark(n).takes_references for n in published):
         raise VlsafeError(
-            "`subsets` chooses subsets of one benchmark; run several benchmarks with their defaults."
+            "`references` gives reference answers to VLGuard's safe_safes; run --benchmark vlguard."
         )
     suite = {}
     for name in names:
@@ -77,13 +79,6 @@ def load_suite(config: EvaluationConfig) -> dict[str, Dataset]:
         subsets = None
         if config.subsets is not None:
             subsets = [s for s in config.subsets if s in benchmark.subsets]
-            unknown = sorted(set(config.subsets) - set(benchmark.subsets) - {BENIGN})
-            if unknown or (BENIGN in config.subsets and not config.benign_prompts):
-                hint = " (`benign` needs benign_prompts)" if BENIGN in config.subsets else ""
-                raise VlsafeError(
-                    f"{benchmark.title} has no subsets {unknown or [BENIGN]}; choose from "
-                    f"{list(benchmark.subsets)}{hint}."
-                )
             if not subsets:
                 logger.warning("`subsets` leaves out every subset of %s: it is not evaluated", name)
                 continue
@@ -100,6 +95,23 @@ def load_suite(config: EvaluationConfig) -> dict[str, Dataset]:
         )
         suite[name] = _limited(prompts, config.limit)
     return suite
+
+
+def _check_subsets(config: EvaluationConfig, published: list[str]) -> None:
+    """`subsets` names subsets of the one benchmark run (and `benign`, with benign prompts)."""
+    if len(published) > 1:
+        raise VlsafeError(
+            "`subsets` chooses subsets of one benchmark; run several benchmarks with their defaults."
+        )
+    benchmark = get_benchmark(published[0])
+    unknown = [
+        s for s in config.subsets if s not in benchmark.subsets and (s != BENIGN or not config.benign_prompts)
+    ]
+    if unknown:
+        hint = " (`benign` needs benign_prompts)" if BENIGN in unknown else ""
+        raise VlsafeError(
+            f"{benchmark.title} has no subsets {unknown}; choose from {list(benchmark.subsets)}{hint}."
+        )
 
 
 def _limited(prompts: Dataset, limit: int | None) -> Dataset:

@@ -12,6 +12,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from vlsafe.cards import RESULTS_VERSION
 from vlsafe.evaluation.benchmarks import get_benchmark
 from vlsafe.evaluation.benchmarks.base import image_paths
 from vlsafe.evaluation.config import EvaluationConfig
@@ -22,8 +23,6 @@ from vlsafe.evaluation.prompts import load_suite
 from vlsafe.evaluation.scores import compute_metrics, judge_agreement, suite_summary
 
 logger = logging.getLogger(__name__)
-
-RESULTS_VERSION = 2
 
 
 def run_evaluation(config: EvaluationConfig) -> dict[str, Any] | None:
