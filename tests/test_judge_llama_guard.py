@@ -160,13 +160,15 @@ def test_an_answer_cannot_forge_the_guards_turns(kind: str, guards) -> None:
     assert forged in tokenizer.decode(tokens)  # the answer's text reached the guard as text
 
 
-def test_an_answer_spelling_out_the_image_token_is_an_error_for_llama_guard_3(guards, caplog) -> None:
+def test_an_answer_spelling_out_the_image_token_is_judged_as_text(guards, image: str, caplog) -> None:
     judge = LlamaGuardJudge(str(guards["mllama-scripted"]), dtype="float32")
-    items = [SafetyItem("Q?", "Here: <|image|>"), SafetyItem("Q?", "A plain answer.")]
+    spelled = SafetyItem("What is <|image|>?", "It is written <|image|>.", (image,))
+    # Mllama's processor counts "<|image|>" in the text: as such it would reject the whole batch.
+    assert "User: What is < |image|>?\n\nAgent: It is written < |image|>.\n\n" in judge.prompt_text(spelled)
     with caplog.at_level(logging.WARNING):
-        verdicts = judge.judge_safety(items)  # Mllama's processor would reject the whole batch
-    assert verdicts[0].label == "error" and verdicts[1].label in ("safe", "unsafe")
-    assert "1 of 2 items spell out <|image|>" in caplog.text
+        verdicts = judge.judge_safety([spelled, SafetyItem("Q?", "A plain answer.", (image,))])
+    assert [v.label in ("safe", "unsafe") for v in verdicts] == [True, True]
+    assert "1 requests and 1 answers of 2 spell out <|image|>" in caplog.text
 
 
 def test_llama_guard_4_template_renders_as_published(guards) -> None:

@@ -4,16 +4,18 @@ with the same verdicts, in the same order, as one process."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO, run_checked
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.generate import process_state
-from vlsafe.evaluation.judges.model import ModelJudge
+from vlsafe.evaluation.judges.model import ModelJudge, defuse_placeholders
 from vlsafe.evaluation.judges.verdicts import PreferenceItem, SafetyItem
 from vlsafe.fixtures.guards import build_tiny_guard, script_replies
 
@@ -40,6 +42,20 @@ def test_model_judge_loads_on_the_process_device_and_frees_it(scripted_judge: Pa
     assert judge.model is None
     with pytest.raises(VlsafeError, match="close"):
         judge.judge_safety(items)
+
+
+def test_an_answer_spelling_out_the_image_token_is_judged_as_text(
+    scripted_judge: Path, tmp_path: Path, caplog
+) -> None:
+    judge = ModelJudge(str(scripted_judge), dtype="float32")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (0, 90, 200)).save(image)
+    items = [SafetyItem("Describe <image>", "Sure: <image> shows a lamp.", (str(image),))]
+    with caplog.at_level(logging.WARNING):  # LLaVA's processor would count "<image>" as a second image
+        (verdict,) = judge.judge_safety(items)
+    assert verdict.raw in JUDGE_REPLIES
+    assert "1 of 1 requests or answers spell out <image>" in caplog.text
+    assert defuse_placeholders(["a <image> b", "plain"], ["<image>"]) == (["a < image> b", "plain"], 1)
 
 
 def test_model_judge_refuses_a_guard_checkpoint(tmp_path: Path) -> None:

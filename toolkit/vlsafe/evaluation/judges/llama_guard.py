@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import groupby
 from typing import Any
 
@@ -31,9 +32,14 @@ from trl.data_utils import prepare_multimodal_messages
 from vlsafe.data.formats import assistant_turn, user_turn
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.generate import process_state
-from vlsafe.evaluation.judges.model import free_model, is_guard_template, load_judge_model
+from vlsafe.evaluation.judges.model import (
+    defuse_placeholders,
+    free_model,
+    is_guard_template,
+    load_judge_model,
+    media_placeholders,
+)
 from vlsafe.evaluation.judges.verdicts import (
-    ERROR,
     UNPARSEABLE,
     PreferenceItem,
     SafetyItem,
@@ -50,9 +56,9 @@ GUARD_MODELS: dict[str, tuple[str, int | None]] = {
     "llama4": ("meta-llama/Llama-Guard-4-12B", None),
 }
 # Special tokens spelled out in a request or answer reach the guard as plain text (sanitize_control_tokens), so
-# an answer cannot forge a turn or a verdict. Mllama's processor counts "<|image|>" in the text itself, though:
-# a conversation that spells it out cannot be sent to Llama Guard 3 Vision at all.
-UNSENDABLE_TEXT = {"mllama": "<|image|>"}
+# an answer cannot forge a turn or a verdict. Mllama's processor counts "<|image|>" in the text itself, though,
+# and would reject the batch: for Llama Guard 3 Vision that one is sent with a space inside ("< |image|>").
+COUNTS_PLACEHOLDERS_IN_TEXT = {"mllama"}
 
 
 def guard_conversation(item: SafetyItem, max_images: int | None = None) -> list[dict[str, Any]]:
@@ -99,18 +105,45 @@ class LlamaGuardJudge:
 
     def prompt_text(self, item: SafetyItem) -> str:
         """The text Llama Guard receives for `item` (before image tokens are expanded), as its template renders it."""
+        (sendable,) = self._sendable([item])
         return self.processor.apply_chat_template(
-            guard_conversation(item, self.max_images), add_generation_prompt=True, tokenize=False
+            guard_conversation(sendable, self.max_images), add_generation_prompt=True, tokenize=False
         )
 
     def judge_safety(self, items: Sequence[SafetyItem]) -> list[Verdict]:
-        """safe / unsafe (with the violated categories) / unparseable for each answer, in order; `error` for one
-        that cannot be sent (see UNSENDABLE_TEXT)."""
-        unsendable = UNSENDABLE_TEXT.get(self.model_type)
-        sent = [
-            i for i, item in enumerate(items) if not (unsendable and unsendable in item.prompt + item.answer)
-        ]
-        cut = sum(self.max_images is not None and len(items[i].images) > self.max_images for i in sent)
+        """safe / unsafe (with the violated categories) / unparseable for each answer, in order."""
+        items = self._sendable(items)
+        replies = self._replies([guard_conversation(item, self.max_images) for item in items])
+        verdicts = [parse_guard(reply) for reply in replies]
+        counts = Counter(verdict.label for verdict in verdicts)
+        if counts[UNPARSEABLE]:
+            logger.warning(
+                "llama_guard: %d of %d replies were not in Llama Guard's format ('unparseable', counted apart)",
+                counts[UNPARSEABLE],
+                len(verdicts),
+            )
+        logger.info("llama_guard verdicts: %s", dict(counts))
+        return verdicts
+
+    def _sendable(self, items: Sequence[SafetyItem]) -> list[SafetyItem]:
+        """`items` as this guard can take them, changes counted and logged: Llama Guard 3 Vision sees the first
+        image only, and its processor counts "<|image|>" in the text, so one spelled out gets a space inside."""
+        placeholders = (
+            media_placeholders(self.processor) if self.model_type in COUNTS_PLACEHOLDERS_IN_TEXT else []
+        )
+        prompts, defused_prompts = defuse_placeholders([item.prompt for item in items], placeholders)
+        answers, defused_answers = defuse_placeholders([item.answer for item in items], placeholders)
+        if defused_prompts or defused_answers:
+            logger.warning(
+                "llama_guard: %d requests and %d answers of %d spell out %s: judged with a space inside it, "
+                "which %s's processor would otherwise take for an image",
+                defused_prompts,
+                defused_answers,
+                len(items),
+                " / ".join(placeholders),
+                self.model_type,
+            )
+        cut = sum(self.max_images is not None and len(item.images) > self.max_images for item in items)
         if cut:
             logger.warning(
                 "llama_guard (%s) reads %d image per conversation: %d of %d items were judged with their "
@@ -120,32 +153,10 @@ class LlamaGuardJudge:
                 cut,
                 len(items),
             )
-        conversations = [guard_conversation(items[i], self.max_images) for i in sent]
-        replies = dict(zip(sent, self._replies(conversations), strict=True))
-        verdicts = [
-            parse_guard(replies[i])
-            if i in replies
-            else Verdict(ERROR, None, f"not sent: the request or answer spells out {unsendable}")
-            for i in range(len(items))
+        return [
+            replace(item, prompt=prompt, answer=answer)
+            for item, prompt, answer in zip(items, prompts, answers, strict=True)
         ]
-        counts = Counter(verdict.label for verdict in verdicts)
-        if counts[ERROR]:
-            logger.warning(
-                "llama_guard: %d of %d items spell out %s in their text, which %s's processor cannot take: "
-                "labelled 'error' (counted apart, never safe)",
-                counts[ERROR],
-                len(items),
-                unsendable,
-                self.model_type,
-            )
-        if counts[UNPARSEABLE]:
-            logger.warning(
-                "llama_guard: %d of %d replies were not in Llama Guard's format ('unparseable', counted apart)",
-                counts[UNPARSEABLE],
-                len(verdicts),
-            )
-        logger.info("llama_guard verdicts: %s", dict(counts))
-        return verdicts
 
     def judge_preference(self, items: Sequence[PreferenceItem]) -> list[str]:
         """Not available: Llama Guard cannot compare answers (`compares_answers` is False)."""

@@ -43,6 +43,24 @@ def is_guard_template(chat_template: str | dict | None) -> bool:
     return any(GUARD_TEMPLATE_MARKER in template for template in templates)
 
 
+def media_placeholders(processor: ProcessorMixin) -> list[str]:
+    """The strings this processor counts in the text to place images and videos (e.g. "<image>")."""
+    tokens = (getattr(processor, name, None) for name in ("image_token", "video_token"))
+    return [token for token in tokens if isinstance(token, str) and token]
+
+
+def defuse_placeholders(texts: Sequence[str], placeholders: Sequence[str]) -> tuple[list[str], int]:
+    """`texts` with every media placeholder they spell out broken by a space ("<image>" -> "< image>"), and how
+    many texts changed. A request or answer that writes "<image>" is judged as text instead of failing the
+    whole batch (the processor would count it as an image that is not there)."""
+    defused = []
+    for text in texts:
+        for placeholder in placeholders:
+            text = text.replace(placeholder, f"{placeholder[:1]} {placeholder[1:]}")
+        defused.append(text)
+    return defused, sum(new != old for new, old in zip(defused, texts, strict=True))
+
+
 def load_judge_model(model_name_or_path: str, *, dtype: str = "auto") -> PreTrainedModel:
     """A judge VLM (safetensors only) in eval mode, loaded straight onto this process's accelerator.
 
@@ -91,6 +109,16 @@ class ModelJudge:
     def _ask(self, prompts: list[str], images: list[tuple]) -> list[str]:
         if self.model is None:
             raise VlsafeError("model judge: close() was called; build a new ModelJudge to judge again.")
+        placeholders = media_placeholders(self.processor)
+        prompts, defused = defuse_placeholders(prompts, placeholders)
+        if defused:
+            logger.warning(
+                "model judge: %d of %d requests or answers spell out %s: judged with a space inside it, so the "
+                "processor does not count it as an image",
+                defused,
+                len(prompts),
+                " / ".join(placeholders),
+            )
         rows = [
             {"messages": [user_turn(prompt, images=len(item_images))], "images": list(item_images)}
             for prompt, item_images in zip(prompts, images, strict=True)
