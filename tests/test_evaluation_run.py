@@ -171,7 +171,9 @@ def test_model_judge_runs_and_counts_unparseable_verdicts(
     assert {v["refusal"] for v in verdicts} == {"unparseable"}  # never read as a refusal, nor as compliance
     model_rows = [r for r in results["metrics"] if r["judge"] == "model" and r["category"] is None]
     assert {r["metric"] for r in model_rows} == {"asr", "refusal_rate", "win_rate"}
-    assert all(r["n"] == 0 and r["counts"] == {"unparseable": 3} for r in model_rows)
+    # One of the three safe_safes prompts has no reference answer (as in the real test.json): no win-rate verdict.
+    expected = {"asr": 3, "refusal_rate": 3, "win_rate": 2}
+    assert all(r["n"] == 0 and r["counts"] == {"unparseable": expected[r["metric"]]} for r in model_rows)
     assert results["agreement"] == [
         {"judges": ["keyword", "model"], "prompts": "harmful", "cohen_kappa": None, "n": 0}
     ]

@@ -96,7 +96,7 @@ class EvaluationConfig:
     guard_model: str | None = field(
         default=None, metadata={"help": "Llama Guard checkpoint for the `llama_guard` judge."}
     )
-    judge_batch_size: int = field(default=8, metadata={"help": "Batch size of the `model` judge."})
+    judge_batch_size: int = field(default=8, metadata={"help": "Batch size of the `model` and `llama_guard` judges."})
     judge_api_base_url: str | None = field(
         default=None, metadata={"help": "OpenAI-compatible base URL, e.g. .../v1."}
     )

@@ -30,6 +30,7 @@ from vlsafe.evaluation.judges.verdicts import PreferenceItem, SafetyItem, Verdic
 from vlsafe.evaluation.store import RecordStore
 
 NOT_JUDGED = ("error", "unparseable")
+RAW_CHARS = 500
 STRING_MATCH: dict[str, Callable[[str], str]] = {
     "keyword": keyword_label,
     "vlguard_keyword": vlguard_keyword,
@@ -93,7 +94,7 @@ def build_judge(name: str, config: EvaluationConfig) -> VerdictJudge:
 def judge_settings(name: str, config: EvaluationConfig) -> dict[str, Any]:
     """What a judge's verdicts depend on (the header of its store)."""
     model = {"model": config.judge_model, "llama_guard": config.guard_model, "api": config.judge_api_model}
-    return {"judge": name, "model": model.get(name), "verdicts_version": 2}
+    return {"judge": name, "model": model.get(name), "verdicts_version": 3}
 
 
 def judge_answers(config: EvaluationConfig, answers: list[Answer]) -> dict[str, list[dict[str, Any]] | None]:
@@ -168,7 +169,8 @@ def _safety_entries(verdict: Verdict, answer: Answer) -> dict[str, Any]:
         )
     if verdict.perception is not None:
         entries["perception"] = verdict.perception
-    categories = getattr(verdict, "categories", ())
-    if categories:
-        entries["categories"] = list(categories)
+    if verdict.categories:
+        entries["categories"] = list(verdict.categories)
+    if verdict.raw:
+        entries["raw"] = verdict.raw[:RAW_CHARS]  # what the judge said, for a person auditing its verdicts
     return entries
