@@ -73,3 +73,20 @@ def test_text_only_prompts_go_through_every_family(family: str, tiny_models) -> 
         [text_only[0]["messages"]], add_generation_prompt=True, tokenize=False
     )[0]
     assert "kill a Python process" in rendered and rendered.count("<image>") == 0
+
+
+def test_a_prompt_that_spells_out_the_image_placeholder_is_answered(tiny_models) -> None:
+    # A benchmark question may write "<image>" itself: LLaVA's processor would count it as a missing image.
+    from PIL import Image
+
+    from vlsafe.data.formats import user_turn
+
+    model = load_model(str(tiny_models["llava"]), dtype="float32")
+    processor = load_processor(str(tiny_models["llava"]))
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    rows = [{"messages": [user_turn("What does <image> mean in this picture?")], "images": [image]}]
+    (answer,) = generate_answers(model, processor, rows, batch_size=1, max_new_tokens=4, progress=False)
+    assert isinstance(answer, str)
+    assert (
+        rows[0]["messages"][0]["content"][1]["text"] == "What does <image> mean in this picture?"
+    )  # untouched

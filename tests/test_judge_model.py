@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.conftest import REPO, run_checked
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.generate import process_state
-from vlsafe.evaluation.judges.model import ModelJudge, defuse_placeholders
+from vlsafe.evaluation.generate import defuse_placeholders, process_state
+from vlsafe.evaluation.judges.model import ModelJudge
 from vlsafe.evaluation.judges.verdicts import PreferenceItem, SafetyItem
 from vlsafe.fixtures.guards import build_tiny_guard, script_replies
 

@@ -43,10 +43,54 @@ def prompt_text(row: dict[str, Any]) -> str:
     return user_text(row["messages"])
 
 
+def media_placeholders(processor: ProcessorMixin) -> list[str]:
+    """The strings this processor counts in the text to place images and videos (e.g. "<image>")."""
+    tokens = (getattr(processor, name, None) for name in ("image_token", "video_token"))
+    return [token for token in tokens if isinstance(token, str) and token]
+
+
+def defuse_placeholders(texts: Sequence[str], placeholders: Sequence[str]) -> tuple[list[str], int]:
+    """`texts` with every media placeholder they spell out broken by a space ("<image>" -> "< image>"), and how
+    many texts changed. A request or answer that writes "<image>" is judged as text instead of failing the
+    whole batch (the processor would count it as an image that is not there)."""
+    defused = []
+    for text in texts:
+        for placeholder in placeholders:
+            text = text.replace(placeholder, f"{placeholder[:1]} {placeholder[1:]}")
+        defused.append(text)
+    return defused, sum(new != old for new, old in zip(defused, texts, strict=True))
+
+
+def _defused_prompts(processor: ProcessorMixin, prompts: list) -> list:
+    """The prompts with spelled-out media placeholders in their text parts defused (logged when any was): a
+    benchmark question that writes "<image>" would otherwise be counted as an image that is not there."""
+    placeholders = media_placeholders(processor)
+    changed = 0
+
+    def defused(part: dict) -> dict:
+        nonlocal changed
+        if part.get("type") != "text" or not part.get("text") or not placeholders:
+            return part
+        (text,), n = defuse_placeholders([part["text"]], placeholders)
+        changed += n
+        return part | {"text": text}
+
+    out = [
+        [
+            m | {"content": [defused(p) for p in m["content"]]} if isinstance(m["content"], list) else m
+            for m in messages
+        ]
+        for messages in prompts
+    ]
+    if changed:
+        logger.info("%d prompt texts spell out a media placeholder %s: sent defused", changed, placeholders)
+    return out
+
+
 @torch.inference_mode()
 def _generate_batch(model, processor, prompts: list, max_new_tokens: int) -> list[dict[str, Any]]:
     inputs = processor.apply_chat_template(
-        prompts,
+        _defused_prompts(processor, prompts),
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,

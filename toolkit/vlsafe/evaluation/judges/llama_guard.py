@@ -31,14 +31,8 @@ from trl.data_utils import prepare_multimodal_messages
 
 from vlsafe.data.formats import assistant_turn, user_turn
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.generate import process_state
-from vlsafe.evaluation.judges.model import (
-    defuse_placeholders,
-    free_model,
-    is_guard_template,
-    load_judge_model,
-    media_placeholders,
-)
+from vlsafe.evaluation.generate import defuse_placeholders, media_placeholders, process_state
+from vlsafe.evaluation.judges.model import free_model, is_guard_template, load_judge_model
 from vlsafe.evaluation.judges.verdicts import (
     UNPARSEABLE,
     PreferenceItem,

@@ -17,7 +17,12 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel, Processor
 
 from vlsafe.data.formats import user_turn
 from vlsafe.errors import VlsafeError
-from vlsafe.evaluation.generate import generate_answers, process_state
+from vlsafe.evaluation.generate import (
+    defuse_placeholders,
+    generate_answers,
+    media_placeholders,
+    process_state,
+)
 from vlsafe.evaluation.judges.verdicts import (
     UNPARSEABLE,
     PreferenceItem,
@@ -41,24 +46,6 @@ def is_guard_template(chat_template: str | dict | None) -> bool:
     """Whether a processor's chat template is a Llama Guard one (it renders a policy of unsafe categories)."""
     templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template or ""]
     return any(GUARD_TEMPLATE_MARKER in template for template in templates)
-
-
-def media_placeholders(processor: ProcessorMixin) -> list[str]:
-    """The strings this processor counts in the text to place images and videos (e.g. "<image>")."""
-    tokens = (getattr(processor, name, None) for name in ("image_token", "video_token"))
-    return [token for token in tokens if isinstance(token, str) and token]
-
-
-def defuse_placeholders(texts: Sequence[str], placeholders: Sequence[str]) -> tuple[list[str], int]:
-    """`texts` with every media placeholder they spell out broken by a space ("<image>" -> "< image>"), and how
-    many texts changed. A request or answer that writes "<image>" is judged as text instead of failing the
-    whole batch (the processor would count it as an image that is not there)."""
-    defused = []
-    for text in texts:
-        for placeholder in placeholders:
-            text = text.replace(placeholder, f"{placeholder[:1]} {placeholder[1:]}")
-        defused.append(text)
-    return defused, sum(new != old for new, old in zip(defused, texts, strict=True))
 
 
 def load_judge_model(model_name_or_path: str, *, dtype: str = "auto") -> PreTrainedModel:
