@@ -12,7 +12,9 @@ full against a frozen copy of the starting weights (pass a fully fine-tuned SFT 
 Pairs longer than `max_length` are left out (counted), never truncated. The output folder holds the adapter
 (or full weights), processor, training_summary.json (pair counts and provenance) and the model card; with
 `--push_to_hub --hub_model_id <user>/<name>` it is published in one commit at the end. Re-running an
-interrupted run continues from its newest complete checkpoint.
+interrupted run continues from its newest complete checkpoint. `--safety_curve true` logs ASR and over-refusal
+on prompts held out from the pair source while training (vlsafe.safety_curve). The same script runs as
+`vlsafe dpo --config <model>` (vlsafe.cli).
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from trl import DPOConfig, ModelConfig, TrlParser
 from vlsafe.data.preference_hub import push_preference_pairs, save_preference_pairs
 from vlsafe.data.preferences import SYNTHETIC_COMPLIANCE, build_preference_pairs, load_preference_json
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
+from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.generate import generate_records, process_state
+from vlsafe.evaluation.judges.keyword import keyword_label
 from vlsafe.evaluation.store import RecordStore, weights_fingerprint
+from vlsafe.safety_curve import SafetyCurveArguments, add_safety_curve, benchmark_prompts, hold_out_prompts
 from vlsafe.training import (
     DatasetRef,
     ImageDataArguments,
@@ -45,7 +50,7 @@ logger = logging.getLogger("vlsafe.recipes.dpo_safety")
 
 
 @dataclass
-class DPOSafetyArguments(ImageDataArguments):
+class DPOSafetyArguments(SafetyCurveArguments, ImageDataArguments):
     """Where the preference pairs come from."""
 
     dataset: str = field(
@@ -126,36 +131,57 @@ def policy_answers(
 
 def preference_pairs(
     model, processor, data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelConfig
-) -> Dataset:
+) -> tuple[Dataset, list[dict] | None]:
     """The pairs to train on: imported from `preference_file`, or built from VLGuard train (on-policy answers
-    from `model` unless `on_policy` is off)."""
+    from `model` unless `on_policy` is off); and the safety-curve prompts (None with the curve off), held out
+    from the VLGuard prompts before any pair is built from them."""
+    curve = None
+    if data_args.safety_curve and data_args.safety_curve_benchmark:
+        curve = benchmark_prompts(
+            data_args.safety_curve_benchmark,
+            data_args.safety_curve_benchmark_source,
+            data_args.safety_curve_harmful,
+            data_args.safety_curve_safe,
+            seed=training_args.seed,
+        )
     if data_args.preference_file:
+        if data_args.safety_curve and curve is None:
+            raise VlsafeError(
+                "safety_curve with preference_file: imported pairs do not say which prompts are harmful, so none "
+                "can be held out. Measure on a benchmark instead (--safety_curve_benchmark vlguard "
+                "--safety_curve_benchmark_source <its folder or Hub id>)."
+            )
         pairs = load_preference_json(
             data_args.preference_file,
             image_root=data_args.preference_image_root,
             skip_missing_images=data_args.skip_missing_images,
         )
-    else:
-        rows = load_vlguard(
-            data_args.dataset,
-            "train",
-            revision=data_args.dataset_revision,
-            skip_missing_images=data_args.skip_missing_images,
-        ).shuffle(seed=training_args.seed)
-        if data_args.max_prompts:
-            rows = rows.select(range(min(data_args.max_prompts, len(rows))))
-        rows = list(rows)
-        generations = None
-        if data_args.on_policy:
-            generations = policy_answers(model, processor, rows, data_args, training_args, model_args)
-        pairs = build_preference_pairs(
-            rows,
-            generations,
-            synthetic_compliance=data_args.synthetic_compliance or None,
-            harmful_fraction=data_args.harmful_fraction,
-            seed=training_args.seed,
+        return pairs, curve
+    rows = load_vlguard(
+        data_args.dataset,
+        "train",
+        revision=data_args.dataset_revision,
+        skip_missing_images=data_args.skip_missing_images,
+    ).shuffle(seed=training_args.seed)
+    if data_args.max_prompts:
+        rows = rows.select(range(min(data_args.max_prompts, len(rows))))
+    if data_args.safety_curve and curve is None:
+        rows, curve = hold_out_prompts(
+            rows, data_args.safety_curve_harmful, data_args.safety_curve_safe, seed=training_args.seed
         )
-    return pairs
+    rows = list(rows)
+    generations = None
+    if data_args.on_policy:
+        generations = policy_answers(model, processor, rows, data_args, training_args, model_args)
+    pairs = build_preference_pairs(
+        rows,
+        generations,
+        judge=keyword_label,
+        synthetic_compliance=data_args.synthetic_compliance or None,
+        harmful_fraction=data_args.harmful_fraction,
+        seed=training_args.seed,
+    )
+    return pairs, curve
 
 
 def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: ModelArguments) -> None:
@@ -166,7 +192,7 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
     model, processor, peft_config = load_for_training(
         model_args, training_args, max_pixels=data_args.max_pixels, processor_source=adapter, adapter=adapter
     )
-    pairs = preference_pairs(model, processor, data_args, training_args, model_args)
+    pairs, curve = preference_pairs(model, processor, data_args, training_args, model_args)
     if data_args.save_pairs or data_args.push_pairs:
         folder = data_args.save_pairs or f"{training_args.output_dir}/pairs"
         source = data_args.preference_file or data_args.dataset
@@ -177,6 +203,7 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
     trainer = build_dpo_trainer(
         pairs, training_args, model_args, model, processor, peft_config, auto_speed=data_args.auto_speed
     )
+    add_safety_curve(trainer, curve, data_args)
     train_and_save(trainer, run_record(data_args, model_args), hub_target)
 
 
@@ -211,5 +238,10 @@ def run_record(data_args: DPOSafetyArguments, model_args: ModelConfig) -> RunRec
     )
 
 
+def make_parser(prog: str | None = None, **kwargs) -> TrlParser:
+    """The recipe's arguments (script, DPOConfig, model); `vlsafe dpo` parses with it too."""
+    return TrlParser((DPOSafetyArguments, DPOConfig, ModelArguments), prog=prog, **kwargs)
+
+
 if __name__ == "__main__":
-    main(*TrlParser((DPOSafetyArguments, DPOConfig, ModelArguments)).parse_args_and_config())
+    main(*make_parser().parse_args_and_config())

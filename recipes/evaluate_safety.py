@@ -20,7 +20,8 @@ Several benchmarks in one run (the model is loaded once; base and tuned on all o
 Writes <output_dir>/results.json (per-sample generations and verdicts; metrics with n and 95% CIs, per
 benchmark subset and category; the suite summary; judge agreement), <output_dir>/results.png,
 <output_dir>/disagreements.jsonl with several judges, and prints the table. An interrupted run resumes where it
-stopped. When the adapter is a local folder, its model card is updated with the numbers.
+stopped. When the adapter is a local folder, its model card is updated with the numbers. The same script runs as
+`vlsafe eval --config <model>` (vlsafe.cli).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from trl import TrlParser
 
 from vlsafe.cards import update_card
 from vlsafe.evaluation.config import EvaluationConfig
-from vlsafe.evaluation.run import run_evaluation
 from vlsafe.evaluation.report import format_table, write_results
+from vlsafe.evaluation.run import run_evaluation
 
 
 def main(config: EvaluationConfig) -> dict | None:
@@ -48,5 +49,10 @@ def main(config: EvaluationConfig) -> dict | None:
     return results
 
 
+def make_parser(prog: str | None = None, **kwargs) -> TrlParser:
+    """The evaluation's arguments; `vlsafe eval` parses with it too."""
+    return TrlParser((EvaluationConfig,), prog=prog, **kwargs)
+
+
 if __name__ == "__main__":
-    main(*TrlParser((EvaluationConfig,)).parse_args_and_config())
+    main(*make_parser().parse_args_and_config())

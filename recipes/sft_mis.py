@@ -11,6 +11,8 @@ rather than truncated. The output folder holds the LoRA adapter (or the full wei
 chat template, training_summary.json and the model card, and loads with
 `AutoModelForImageTextToText.from_pretrained`.
 With `--push_to_hub --hub_model_id <user>/<name>` the finished folder is published in one commit at the end.
+`--safety_curve true` logs ASR and over-refusal on held-out prompts while training (vlsafe.safety_curve; safe
+prompts come from the general data). The same script runs as `vlsafe sft-mis --config <model>` (vlsafe.cli).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vlsafe.data.mis import MIS_TRAIN_REPO, load_mis_train
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.errors import DataError
+from vlsafe.safety_curve import SafetyCurveArguments, add_safety_curve, curve_prompts
 from vlsafe.training import (
     DatasetRef,
     ImageDataArguments,
@@ -36,7 +39,7 @@ from vlsafe.training import (
 
 
 @dataclass
-class MISArguments(ImageDataArguments):
+class MISArguments(SafetyCurveArguments, ImageDataArguments):
     """Where the data comes from and how it is mixed."""
 
     dataset: str = field(
@@ -99,9 +102,11 @@ def main(data_args: MISArguments, training_args: SFTConfig, model_args: ModelArg
         )
         n_general = general_samples(len(safety), data_args.general_ratio)
     train_dataset = mix_with_helpfulness(safety, general, n_general, seed=training_args.seed)
+    train_dataset, curve = curve_prompts(train_dataset, data_args, seed=training_args.seed)
 
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
     trainer = build_sft_trainer(train_dataset, training_args, model_args, data_args)
+    add_safety_curve(trainer, curve, data_args)
     train_and_save(trainer, run_record(data_args, model_args, n_general), hub_target)
 
 
@@ -126,6 +131,10 @@ def run_record(data_args: MISArguments, model_args: ModelArguments, n_general: i
     )
 
 
+def make_parser(prog: str | None = None, **kwargs) -> TrlParser:
+    """The recipe's arguments (script, SFTConfig, model); `vlsafe sft-mis` parses with it too."""
+    return TrlParser((MISArguments, SFTConfig, ModelArguments), prog=prog, **kwargs)
+
+
 if __name__ == "__main__":
-    parser = TrlParser((MISArguments, SFTConfig, ModelArguments))
-    main(*parser.parse_args_and_config())
+    main(*make_parser().parse_args_and_config())

@@ -9,6 +9,8 @@ fine-tunes the language model instead (vision tower and projector frozen unless 
 chat template, training_summary.json and the model card (README.md), and loads with
 `AutoModelForImageTextToText.from_pretrained(output_dir)`. With
 `--push_to_hub --hub_model_id <user>/<name>` the finished folder is published in one commit at the end.
+`--safety_curve true` logs ASR and over-refusal on held-out prompts while training (vlsafe.safety_curve).
+The same script runs as `vlsafe sft-vlguard --config <model>` (vlsafe.cli).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from trl import SFTConfig, TrlParser
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import VLGUARD_REPO, load_vlguard
+from vlsafe.safety_curve import SafetyCurveArguments, add_safety_curve, curve_prompts
 from vlsafe.training import (
     DatasetRef,
     ImageDataArguments,
@@ -33,7 +36,7 @@ from vlsafe.training import (
 
 
 @dataclass
-class VLGuardArguments(ImageDataArguments):
+class VLGuardArguments(SafetyCurveArguments, ImageDataArguments):
     """Where the data comes from and how it is mixed."""
 
     dataset: str = field(default=VLGUARD_REPO, metadata={"help": "VLGuard Hub dataset id or local folder."})
@@ -88,9 +91,11 @@ def main(data_args: VLGuardArguments, training_args: SFTConfig, model_args: Mode
             seed=training_args.seed,
         )
     train_dataset = mix_with_helpfulness(safety, helpful, None, seed=training_args.seed)
+    train_dataset, curve = curve_prompts(train_dataset, data_args, seed=training_args.seed)
 
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
     trainer = build_sft_trainer(train_dataset, training_args, model_args, data_args)
+    add_safety_curve(trainer, curve, data_args)
     train_and_save(trainer, run_record(data_args, model_args), hub_target)
 
 
@@ -115,6 +120,10 @@ def run_record(data_args: VLGuardArguments, model_args: ModelArguments) -> RunRe
     )
 
 
+def make_parser(prog: str | None = None, **kwargs) -> TrlParser:
+    """The recipe's arguments (script, SFTConfig, model); `vlsafe sft-vlguard` parses with it too."""
+    return TrlParser((VLGuardArguments, SFTConfig, ModelArguments), prog=prog, **kwargs)
+
+
 if __name__ == "__main__":
-    parser = TrlParser((VLGuardArguments, SFTConfig, ModelArguments))
-    main(*parser.parse_args_and_config())
+    main(*make_parser().parse_args_and_config())

@@ -1,5 +1,6 @@
 """Publish a training output folder (adapter, processor, card, results) to a Hub model repo, in one commit.
 
+    vlsafe publish --folder outputs/llava-1.5-7b/sft_vlguard --repo_id <user>/llava-1.5-7b-vlguard
     python -m vlsafe.publish --folder outputs/llava-1.5-7b/sft_vlguard --repo_id <user>/llava-1.5-7b-vlguard
     python -m vlsafe.publish --folder outputs/demo/sft_vlguard --repo_id <user>/tiny-vlguard \
         --base_model_repo <user>/tiny-llava --private --revision v1
@@ -36,6 +37,11 @@ class PublishArguments:
     commit_message: str | None = field(default=None, metadata={"help": "Commit title."})
 
 
+def make_parser(prog: str | None = None, **kwargs) -> TrlParser:
+    """The publish arguments (also `vlsafe publish`'s)."""
+    return TrlParser((PublishArguments,), prog=prog, **kwargs)
+
+
 def main(args: PublishArguments) -> PushResult:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = push_to_hub(
@@ -51,4 +57,4 @@ def main(args: PublishArguments) -> PushResult:
 
 
 if __name__ == "__main__":
-    main(*TrlParser((PublishArguments,)).parse_args_and_config())
+    main(*make_parser().parse_args_and_config())

@@ -56,6 +56,7 @@ from vlsafe.modeling import (
     prepare_training_template,
     set_trainable_parts,
 )
+from vlsafe.safety_curve import find_callback
 from vlsafe.speed import choose_and_apply
 
 logger = logging.getLogger(__name__)
@@ -526,8 +527,8 @@ def training_summary(
     trainer: Trainer, record: RunRecord | None = None, *, hub_model_id: str | None = None
 ) -> dict[str, Any]:
     """What the card tells about the run: recipe, base model, data (with revisions and counts per ``kind``, and
-    the provenance of preference pairs), what trained (LoRA settings, or the parts fully fine-tuned) and the
-    schedule. Only what the user passed or the run computed: no tokens, no resolved paths."""
+    the provenance of preference pairs), what trained (LoRA settings, or the parts fully fine-tuned), the
+    schedule and, when measured, the safety curve. Only what the user passed or the run computed: no tokens, no resolved paths."""
     args, model = trainer.args, trainer.accelerator.unwrap_model(trainer.model)
     peft = model.peft_config["default"] if is_peft_model(model) else None
     base = str(peft.base_model_name_or_path) if peft else model.config.name_or_path
@@ -575,6 +576,9 @@ def training_summary(
         summary["preference_pairs"] = pair_counts(dataset)
     if record.settings:
         summary["recipe_settings"] = record.settings
+    curve = find_callback(trainer)
+    if curve is not None:  # ASR and over-refusal measured while training (vlsafe.safety_curve)
+        summary["safety_curve"] = curve.summary(trainer.state)
     return summary
 
 
