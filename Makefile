@@ -31,11 +31,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# The pipeline on the embedded default (recipes/pipelines/tiny.yaml): fixtures, SFT with a safety curve, base vs
+# tuned evaluation (the table), card; finished stages are skipped on a re-run. To the Hub as well:
+# make demo REPO=<user>/tiny-vlguard BASE_REPO=<user>/tiny-llava [SPACE=<user>/tiny-compare]
 demo: $(VENV)/.installed
-	$(BIN)/python -m vlsafe.fixtures --out $(DEMO)/fixtures
-	$(BIN)/accelerate launch --config_file recipes/accelerate/cpu.yaml \
-		recipes/sft_vlguard.py --config recipes/configs/tiny/sft_vlguard.yaml
-	$(BIN)/python recipes/evaluate_safety.py --config recipes/configs/tiny/evaluate_safety.yaml
+	$(BIN)/vlsafe run --config tiny $(if $(REPO),--repo_id $(REPO)) $(if $(BASE_REPO),--base_model_repo $(BASE_REPO)) \
+		$(if $(SPACE),--space_id $(SPACE))
 
 # Every benchmark the papers and peers report (synthetic copies in their published layouts), base vs the demo
 # adapter in one run: a row per benchmark subset, the suite mean, the two papers' string-match judges beside ours.
