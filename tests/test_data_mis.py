@@ -180,7 +180,10 @@ def _write_test_split(folder: Path, source: Path, records: list) -> Path:
     [
         (lambda r: r.pop("question"), r"record #2 \(id 3\) in mis_easy.json: field 'question'"),
         (lambda r: r.update(image_path2=""), r"record #2 \(id 3\).*'image_path2' must be a non-empty string"),
-        (lambda r: r.update(id=[3]), r"record #2 \(id \[3\]\).*'id' must be an int or a non-empty string"),
+        (
+            lambda r: r.update(id=[3]),
+            r"record #2 \(id \[3\]\).*'id' must be an integer or a non-empty string",
+        ),
         (
             lambda r: r.update(image_path1="/etc/passwd"),
             r"Record '3' in mis_easy.json names image '/etc/passwd'",

@@ -238,7 +238,7 @@ def test_corrupt_image_counts_as_unreadable(synthetic_vlguard: Path, tmp_path: P
             lambda r: r.update({"instr-resp": [{"response": "x"}]}),
             r"record 'synthetic_train_\d+'.*needs exactly one of",
         ),
-        (lambda r: r.pop("id"), r"field 'id' missing"),
+        (lambda r: r.pop("id"), r"record #\d+ in train.json: field 'id' must be an integer .*found None"),
     ],
 )
 def test_malformed_record_names_its_id_and_field(

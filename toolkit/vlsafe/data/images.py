@@ -112,14 +112,16 @@ def require_images(paths: Sequence[Path], *, dataset: str, skip_missing: bool) -
 
 def drop_unreadable(
     rows: list[dict[str, Any]],
-    paths_of: Callable[[dict[str, Any]], Sequence[str | Path]],
+    paths_of: Callable[[dict[str, Any]], Sequence[str | Path]] | None = None,
     *,
     dataset: str,
     skip_missing: bool,
     noun: str = "samples",
 ) -> list[dict[str, Any]]:
-    """`rows` whose images (`paths_of(row)`) all load; else an error naming the first bad images and their
-    rows' ids, or with `skip_missing` the rows without a bad image, the count logged."""
+    """`rows` whose images (`paths_of(row)`, by default the row's ``images``) all load; else an error naming
+    the first bad images and their rows' ids, or with `skip_missing` the rows without a bad image, the count
+    logged."""
+    paths_of = paths_of or _row_images
     paths = [Path(p) for row in rows for p in paths_of(row)]
     bad = unreadable_images(paths)
     if not bad:
@@ -132,3 +134,7 @@ def drop_unreadable(
         "%s: skipped %d of %d %s with an unusable image", dataset, len(rows) - len(kept), len(rows), noun
     )
     return kept
+
+
+def _row_images(row: dict[str, Any]) -> Sequence[str | Path]:
+    return row["images"]

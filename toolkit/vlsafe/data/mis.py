@@ -33,6 +33,7 @@ from huggingface_hub import snapshot_download
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import user_turn, vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.records import checked_record_id
 from vlsafe.data.sharegpt import ROLES, conversation_row
 from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
@@ -65,7 +66,6 @@ def load_mis_train(
     _number_repeats(rows)
     rows = drop_unreadable(
         rows,
-        lambda row: row["images"],
         dataset=f"MIS train ({json_path})",
         skip_missing=skip_missing_images,
         noun="conversations",
@@ -102,7 +102,6 @@ def load_mis_test(
             ]
     rows = drop_unreadable(
         rows,
-        lambda row: row["images"],
         dataset=f"MIS {split} ({source})",
         skip_missing=skip_missing_images,
         noun="prompts",
@@ -217,18 +216,13 @@ def _test_row(record: Any, index: int, where: str, split: str) -> dict[str, Any]
     paths = [field("image_path1"), field("image_path2")]
     question = field("question")
     record_id = record.get("id")
-    if record_id is not None and (
-        not isinstance(record_id, int | str) or isinstance(record_id, bool) or record_id == ""
-    ):
-        raise DataError(
-            f"Malformed MIS record {name} in {where}: field 'id' must be an int or a non-empty string. "
-            "Fix or remove the record."
-        )
+    if record_id is not None:
+        record_id = checked_record_id(record_id, record=f"MIS record {name} in {where}")
     return {
         "images": paths,
         "messages": [user_turn(question, images=2)],
         "source": "mis",
-        "id": str(record_id) if record_id is not None else derived_id(split, paths, question),
+        "id": record_id if record_id is not None else derived_id(split, paths, question),
         "kind": "unsafe",
         "safe": False,
         "category": field("category"),

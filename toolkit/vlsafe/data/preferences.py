@@ -7,7 +7,9 @@
   (on-policy over-refusal), else a refusal template (`rejected_source="template"`).
 
 Rows are in TRL's vision preference format (`images`, `prompt`, `chosen`, `rejected`, conversational)
-with the provenance columns of the source plus `chosen_source` / `rejected_source`.
+with the provenance columns of the source plus `chosen_source` / `rejected_source`. The judge of the model's
+answers is a parameter (e.g. `vlsafe.evaluation.judges.keyword_label`): data sits below evaluation and does not
+import it.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from vlsafe.data.formats import (
     user_turn,
 )
 from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.labels import ANSWERED, LABELS, REFUSED
+from vlsafe.data.records import checked_record_id
 from vlsafe.data.sources import read_json_list, short_repr
-from vlsafe.errors import DataError
-from vlsafe.evaluation.judges.keyword import ANSWERED, REFUSED, keyword_label
+from vlsafe.errors import DataError, VlsafeError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ def build_preference_pairs(
     rows: Sequence[dict[str, Any]],
     generations: Sequence[str] | None = None,
     *,
-    judge: Callable[[str], str] = keyword_label,
+    judge: Callable[[str], str] | None = None,
     synthetic_compliance: str | None = SYNTHETIC_COMPLIANCE,
     refusal_template: str = REFUSAL_TEMPLATE,
     harmful_fraction: float | None = None,
@@ -73,39 +76,38 @@ def build_preference_pairs(
 ) -> Dataset:
     """Preference pairs from conversation rows (VLGuard/MIS train format) and the model's own answers.
 
-    `generations[i]` is the policy model's answer to row i's prompt (None: no on-policy answers).
-    `harmful_fraction` resamples the pairs so that share of them comes from harmful prompts (None: keep all).
+    `generations[i]` is the policy model's answer to row i's prompt (None: no on-policy answers), labelled by
+    `judge` (answer -> one of `vlsafe.data.labels.LABELS`, e.g. `vlsafe.evaluation.judges.keyword_label`),
+    which generations need. `harmful_fraction` resamples the pairs so that share of them comes from harmful
+    prompts (None: keep all).
     """
     if generations is not None and len(generations) != len(rows):
         raise DataError(
             f"Got {len(generations)} generations for {len(rows)} rows; they must match one to one."
         )
+    if generations is not None and judge is None:
+        raise VlsafeError(
+            "build_preference_pairs needs a judge for the model's answers: pass judge=keyword_label "
+            "(from vlsafe.evaluation.judges) or another function answer -> 'refused' / 'answered' / 'empty'."
+        )
     pairs, skipped = [], 0
     for index, row in enumerate(rows):
         prompt, reference = split_conversation(row)
         own = generations[index] if generations is not None else None
-        label = judge(own) if own is not None else None
-        if row["kind"] in HARMFUL_KINDS:
-            if label == ANSWERED:
-                rejected, source = own, "on_policy"
-            elif synthetic_compliance:
-                rejected, source = synthetic_compliance, "synthetic"
-            else:
-                skipped += 1
-                continue
-        elif label == REFUSED:
-            rejected, source = own, "on_policy"
-        else:
-            rejected, source = refusal_template, "template"
+        label = _label(judge, own) if own is not None else None
+        rejected = _rejected(row["kind"] in HARMFUL_KINDS, own, label, synthetic_compliance, refusal_template)
+        if rejected is None:
+            skipped += 1
+            continue
         pairs.append(
             {
                 "images": row["images"],
                 "prompt": prompt,
                 "chosen": [assistant_turn(reference)],
-                "rejected": [assistant_turn(rejected)],
+                "rejected": [assistant_turn(rejected[0])],
                 **{name: row.get(name) for name in PROVENANCE_FEATURES},
                 "chosen_source": "reference",
-                "rejected_source": source,
+                "rejected_source": rejected[1],
             }
         )
     if skipped:
@@ -121,6 +123,27 @@ def build_preference_pairs(
         ", ".join(f"{k}/{s}: {n}" for (k, s), n in sorted(counts.items())),
     )
     return rows_dataset(pairs, PREFERENCE_FEATURES)
+
+
+def _rejected(
+    harmful: bool, own: str | None, label: str | None, synthetic_compliance: str | None, refusal_template: str
+) -> tuple[str, str] | None:
+    """(rejected answer, its source) for one prompt, or None when a harmful prompt has nothing to reject."""
+    if harmful:
+        if label == ANSWERED:
+            return own, "on_policy"
+        return (synthetic_compliance, "synthetic") if synthetic_compliance else None
+    if label == REFUSED:
+        return own, "on_policy"
+    return refusal_template, "template"
+
+
+def _label(judge: Callable[[str], str], answer: str) -> str:
+    """`judge(answer)`, checked: a judge that returns something else would silently turn every pair synthetic."""
+    label = judge(answer)
+    if label not in LABELS:
+        raise VlsafeError(f"The judge returned {label!r} for an answer; a judge returns one of {LABELS}.")
+    return label
 
 
 def _resample(pairs: list[dict], harmful_fraction: float, seed: int) -> list[dict]:
@@ -142,6 +165,9 @@ def _resample(pairs: list[dict], harmful_fraction: float, seed: int) -> list[dic
     return mixed
 
 
+FIELDS = {name: name for name in ("image", "question", "chosen", "rejected", "id", "category")}
+
+
 def load_preference_json(
     path: str | Path,
     *,
@@ -155,63 +181,55 @@ def load_preference_json(
     `fields` maps our names (`image`, `question`, `chosen`, `rejected`, optional `id`, `category`) to the
     file's keys. Every pair is kept as harmful-prompt provenance unknown (`kind="imported"`).
     """
-    fields = {
-        "image": "image",
-        "question": "question",
-        "chosen": "chosen",
-        "rejected": "rejected",
-        "id": "id",
-        "category": "category",
-    } | (fields or {})
+    fields = FIELDS | (fields or {})
     path = Path(path)
-    records = read_json_list(path, "preference pairs")
     root = Path(image_root) if image_root else path.parent
-    pairs = []
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError(
-                f"Preference record #{index} in {path} is not an object (found {short_repr(record)}); fix or "
-                "remove it."
-            )
-        missing = [
-            fields[key]
-            for key in ("image", "question", "chosen", "rejected")
-            if not isinstance(record.get(fields[key]), str)
-        ]
-        if missing:
-            raise DataError(
-                f"Preference record #{index} in {path} lacks string field(s) {missing}; fix it or map `fields`."
-            )
-        record_id = record.get(fields["id"], f"{path.stem}-{index}")
-        category = record.get(fields["category"])
-        if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
-            raise DataError(
-                f"Preference record #{index} in {path}: field {fields['id']!r} must be a non-empty string or an "
-                f"int, found {short_repr(record_id)}; fix it or map `fields`."
-            )
-        if not isinstance(category, str | None):
-            raise DataError(
-                f"Preference record #{index} in {path}: field {fields['category']!r} must be a string or "
-                f"absent, found {short_repr(category)}; fix it or map `fields`."
-            )
-        label = f"{short_repr(record_id)} (#{index}) in {path.name}"
-        pairs.append(
-            {
-                "images": [str(resolve_image_path(root, record[fields["image"]], record=label))],
-                "prompt": [user_turn(record[fields["question"]])],
-                "chosen": [assistant_turn(record[fields["chosen"]])],
-                "rejected": [assistant_turn(record[fields["rejected"]])],
-                "source": name,
-                "id": str(record_id),
-                "kind": "imported",
-                "safe": None,
-                "category": category,
-                "subcategory": None,
-                "chosen_source": "imported",
-                "rejected_source": "imported",
-            }
-        )
-    pairs = drop_unreadable(
-        pairs, lambda pair: pair["images"], dataset=str(path), skip_missing=skip_missing_images
-    )
+    pairs = [
+        _imported_pair(record, index, path, root, fields, name)
+        for index, record in enumerate(read_json_list(path, "preference pairs"))
+    ]
+    pairs = drop_unreadable(pairs, dataset=str(path), skip_missing=skip_missing_images)
     return rows_dataset(pairs, PREFERENCE_FEATURES)
+
+
+def _imported_pair(
+    record: Any, index: int, path: Path, root: Path, fields: dict[str, str], name: str
+) -> dict[str, Any]:
+    """One pair of an imported file, each field checked; the error names the record and the file."""
+    where = f"preference record #{index} in {path}"
+    if not isinstance(record, dict):
+        raise DataError(
+            f"Preference record #{index} in {path} is not an object (found {short_repr(record)}); fix or "
+            "remove it."
+        )
+    missing = [
+        fields[key]
+        for key in ("image", "question", "chosen", "rejected")
+        if not isinstance(record.get(fields[key]), str)
+    ]
+    if missing:
+        raise DataError(f"Malformed {where}: lacks string field(s) {missing}; fix it or map `fields`.")
+    record_id = checked_record_id(
+        record.get(fields["id"], f"{path.stem}-{index}"), record=where, field=fields["id"]
+    )
+    category = record.get(fields["category"])
+    if not isinstance(category, str | None):
+        raise DataError(
+            f"Malformed {where}: field {fields['category']!r} must be a string or absent, found "
+            f"{short_repr(category)}; fix it or map `fields`."
+        )
+    label = f"{short_repr(record_id)} (#{index}) in {path.name}"
+    return {
+        "images": [str(resolve_image_path(root, record[fields["image"]], record=label))],
+        "prompt": [user_turn(record[fields["question"]])],
+        "chosen": [assistant_turn(record[fields["chosen"]])],
+        "rejected": [assistant_turn(record[fields["rejected"]])],
+        "source": name,
+        "id": record_id,
+        "kind": "imported",
+        "safe": None,
+        "category": category,
+        "subcategory": None,
+        "chosen_source": "imported",
+        "rejected_source": "imported",
+    }

@@ -18,6 +18,7 @@ from datasets import Dataset
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.records import checked_record_id
 from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
 
@@ -50,25 +51,8 @@ def load_sharegpt(
     than the file holds is an error, not a silent cap.
     """
     json_path, default_root = _locate_json(source, data_file, revision=revision, token=token)
-    if image_archive is not None:
-        archive = (
-            Path(source) / image_archive
-            if is_local(source)
-            else hub_file(str(source), image_archive, revision=revision, token=token)
-        )
-        if not Path(archive).is_file():
-            raise DataError(f"Image archive {archive} does not exist; check `image_archive`.")
-        root = extract_zip(archive)
-    elif image_root is not None:
-        root = Path(image_root).expanduser()
-    elif default_root is not None:
-        root = default_root
-    else:
-        raise DataError(
-            f"{source} is a Hub dataset: pass image_root=<local folder with its images> or image_archive=<zip in the repo>."
-        )
+    root = _images_root(source, default_root, image_root, image_archive, revision=revision, token=token)
     records = read_json_list(json_path, "conversations")
-
     rows = [
         conversation_row(record, index, root, json_path.name, name) for index, record in enumerate(records)
     ]
@@ -81,7 +65,6 @@ def load_sharegpt(
         rows = random.Random(seed).sample(rows, samples)
     rows = drop_unreadable(
         rows,
-        lambda row: row["images"],
         dataset=f"{name} ({json_path})",
         skip_missing=skip_missing_images,
         noun="conversations",
@@ -105,6 +88,35 @@ def _locate_json(source: str | Path, data_file: str | None, *, revision, token) 
     return hub_file(str(source), data_file, revision=revision, token=token), None
 
 
+def _images_root(
+    source: str | Path,
+    default_root: Path | None,
+    image_root: str | Path | None,
+    image_archive: str | None,
+    *,
+    revision: str | None,
+    token: str | bool | None,
+) -> Path:
+    """The folder image paths are relative to: the extraction of `image_archive`, else `image_root`, else the
+    json's folder (a local source only)."""
+    if image_archive is not None:
+        archive = (
+            Path(source) / image_archive
+            if is_local(source)
+            else hub_file(str(source), image_archive, revision=revision, token=token)
+        )
+        if not Path(archive).is_file():
+            raise DataError(f"Image archive {archive} does not exist; check `image_archive`.")
+        return extract_zip(archive)
+    if image_root is not None:
+        return Path(image_root).expanduser()
+    if default_root is not None:
+        return default_root
+    raise DataError(
+        f"{source} is a Hub dataset: pass image_root=<local folder with its images> or image_archive=<zip in the repo>."
+    )
+
+
 def conversation_row(record: Any, index: int, root: Path, where: str, name: str) -> dict[str, Any]:
     """One conversation as a row (images resolved under `root`), checking that `<image>` placeholders and
     images agree; a malformed record raises a `DataError` naming its id, its #index and the file `where`."""
@@ -116,8 +128,7 @@ def conversation_row(record: Any, index: int, root: Path, where: str, name: str)
 
     if not isinstance(record, dict):
         raise fail(f"expected an object, found {short_repr(record)}")
-    if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
-        raise fail(f"field 'id' must be a non-empty string or an int, found {short_repr(record_id)}")
+    record_id = checked_record_id(record_id, record=f"conversation {label}")
     images = record.get("image", [])
     images = [images] if isinstance(images, str) else images
     if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
@@ -154,7 +165,7 @@ def conversation_row(record: Any, index: int, root: Path, where: str, name: str)
         "images": [str(resolve_image_path(root, path, record=label)) for path in images],
         "messages": messages,
         "source": name,
-        "id": str(record_id),
+        "id": record_id,
         "kind": "helpful",
         "safe": True,
         "category": None,

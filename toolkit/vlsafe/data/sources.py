@@ -16,13 +16,12 @@ from typing import Any
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
-    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
 )
 
-from vlsafe.errors import DataError, HubAccessError
+from vlsafe.errors import DataError, hub_error
 
 logger = logging.getLogger(__name__)
 
@@ -43,42 +42,26 @@ def hub_file(
 ) -> Path | None:
     """Download one file of a Hub repo into the HF cache (honours HF_ENDPOINT) and return its path.
 
-    Access problems become one clear message saying how to get access; a missing optional file
-    (``required=False``) returns None.
+    Access problems become one clear message saying how to get access (`vlsafe.errors.hub_error`); a missing
+    optional file (``required=False``) returns None.
     """
-    page = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
     try:
         return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, token=token))
-    except GatedRepoError as error:
-        raise HubAccessError(
-            f"{repo_id} is a gated {repo_type} repository and this token has no access to it. Accept its "
-            f"terms on {page} while logged in, then authenticate here with `hf auth login` or the HF_TOKEN "
-            f"environment variable (or pass token=...). Hub said: HTTP {_status(error)}."
+    except (HfHubHTTPError, EntryNotFoundError, HFValidationError) as error:  # not OSErrors of the local disk
+        if (
+            not required
+            and isinstance(error, EntryNotFoundError)
+            and not isinstance(error, LocalEntryNotFoundError)
+        ):
+            return None
+        raise hub_error(
+            error,
+            repo_id,
+            f"download {filename} from",
+            repo_type=repo_type,
+            revision=revision,
+            filename=filename,
         ) from None
-    except RevisionNotFoundError:
-        raise DataError(
-            f"Revision {revision!r} does not exist in {repo_id}; check the revision name."
-        ) from None
-    except RepositoryNotFoundError as error:
-        raise HubAccessError(
-            f"{repo_type.capitalize()} repository {repo_id!r} was not found, or it is private and this token "
-            f"cannot see it (HTTP {_status(error)}). Check the id, or log in with `hf auth login` / HF_TOKEN. "
-            "To use a local copy instead, pass the folder path as the source."
-        ) from None
-    except LocalEntryNotFoundError:
-        raise DataError(
-            f"Cannot download {filename} from {repo_id}: the Hub is unreachable and the file is not in the local "
-            "cache. Connect to the Hub (or set HF_ENDPOINT to a mirror), or pass a local folder as the source."
-        ) from None
-    except EntryNotFoundError:
-        if required:
-            raise DataError(f"{repo_id} has no file {filename!r} (revision {revision or 'main'}).") from None
-        return None
-
-
-def _status(error: Exception) -> str:
-    response = getattr(error, "response", None)
-    return str(getattr(response, "status_code", "?"))
 
 
 # Bounded reprs of untrusted values: long strings, and deep or wide nesting, are cut.

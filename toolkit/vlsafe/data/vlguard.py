@@ -23,6 +23,7 @@ from datasets import Dataset, Value
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import PROVENANCE_FEATURES, assistant_turn, user_turn, vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
+from vlsafe.data.records import checked_record_id
 from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
 
@@ -126,12 +127,7 @@ def _record_samples(record: Any, index: int, where: str, *, conversation: bool) 
             f"Malformed VLGuard record #{index} in {where}: expected an object, found {short_repr(record)}. "
             "Fix or remove the record."
         )
-    record_id = record.get("id")
-    if not isinstance(record_id, str | int) or isinstance(record_id, bool) or str(record_id) == "":
-        raise DataError(
-            f"Malformed VLGuard record #{index} in {where}: field 'id' missing or invalid (a non-empty string "
-            f"or an int), found {short_repr(record_id)}. Fix or remove the record."
-        )
+    record_id = checked_record_id(record.get("id"), record=f"VLGuard record #{index} in {where}")
     label = f"{short_repr(record_id)} (#{index}) in {where}"
     image = _field(record, "image", str, label)
     safe = _field(record, "safe", bool, label)
@@ -159,7 +155,7 @@ def _record_samples(record: Any, index: int, where: str, *, conversation: bool) 
         samples.append(
             {
                 "source": "vlguard",
-                "id": str(record_id),
+                "id": record_id,
                 "kind": INSTRUCTION_KINDS[keys[0]],
                 "safe": safe,
                 "category": category,

@@ -3,29 +3,21 @@ its publishers put it, record fields checked (an error names the file, the recor
 folder found as published: unpacked beside the json, or as a ``.zip`` / ``.tar`` archive there, extracted once
 into the vlsafe cache.
 
-Tar archives (VLSBench's Hub copy ships its images as one) are extracted like `vlsafe.data.archives.extract_zip`
-extracts zips: members that would land outside the folder (absolute, '..', links, devices) are refused before
-anything is written, then Python's ``data`` extraction filter checks again; extraction goes to a staging folder
-renamed into place, so a failed run leaves no half-extracted cache.
+Archives (VLSBench's Hub copy ships its images as a tar) are extracted by `vlsafe.data.archives`, which refuses
+members that would land outside the folder and never leaves a half-extracted cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vlsafe.data.archives import cache_root, extract_zip
+from vlsafe.data.archives import extract_tar, extract_zip
 from vlsafe.data.images import resolve_image_path
+from vlsafe.data.records import checked_record_id
 from vlsafe.data.sources import short_repr
 from vlsafe.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 
 def find_json(folder: Path, candidates: Sequence[str], *, title: str, url: str) -> Path:
@@ -70,13 +62,7 @@ def text(record: Mapping[str, Any], key: str, *, where: Path, name: str, require
 
 def record_id(record: Mapping[str, Any], key: str, *, where: Path, index: int) -> str:
     """Field `key` as the prompt id: an integer or a non-empty string (benchmarks publish both)."""
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip():
-        raise DataError(
-            f"Malformed record #{index} in {where}: field {key!r} (its id) must be an integer or a non-empty "
-            f"string, found {short_repr(value)}. Fix or remove the record."
-        )
-    return str(value)
+    return checked_record_id(record.get(key), record=f"record #{index} in {where}", field=key)
 
 
 def images_folder(base: Path, name: str, *, title: str, url: str) -> Path:
@@ -107,57 +93,3 @@ def image_file(images: Path, folder_name: str, base: Path, relative: str, *, rec
     path = resolve_image_path(base, relative, record=record)
     parts = PurePosixPath(relative.replace("\\", "/")).parts
     return str(images.joinpath(*parts[1:]) if parts[0] == folder_name else path)
-
-
-def extract_tar(tar_path: str | Path) -> Path:
-    """Extract `tar_path` once into the vlsafe cache and return the folder (see the module docstring)."""
-    tar_path = Path(tar_path).resolve()
-    status = tar_path.stat()
-    key = hashlib.sha256(f"{tar_path}|{status.st_size}|{status.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "extracted" / f"{tar_path.name.split('.')[0]}-tar-{key}"
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        with tarfile.open(tar_path) as archive:
-            members = archive.getmembers()
-            for member in members:
-                _refuse_unsafe(member, tar_path)
-            needed, free = sum(m.size for m in members), shutil.disk_usage(target.parent).free
-            if needed > free:
-                raise DataError(
-                    f"{tar_path.name} unpacks to {needed:,} bytes but {target.parent} has {free:,} bytes free; "
-                    "free some space or point VLSAFE_CACHE at a larger disk."
-                )
-            logger.info("Extracting %s (%d members) to %s", tar_path.name, len(members), target)
-            archive.extractall(staging, members=members, filter="data")
-        staging.rename(target)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as error:  # ValueError: e.g. a NUL in a name
-        if isinstance(error, DataError) or target.is_dir():  # a DataError of ours; or another process won
-            if target.is_dir():
-                return target
-            raise
-        raise DataError(
-            f"{tar_path} is not a readable tar archive ({type(error).__name__}: {str(error)[:150]}); delete it "
-            "and download it again."
-        ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _refuse_unsafe(member: tarfile.TarInfo, tar_path: Path) -> None:
-    path = PurePosixPath(member.name.replace("\\", "/"))
-    reason = (
-        "empty name" if not member.name.strip("/")
-        else "absolute path" if path.is_absolute() or (len(member.name) > 1 and member.name[1] == ":")
-        else "path climbs out with '..'" if ".." in path.parts
-        else "a link or special file" if not (member.isfile() or member.isdir())
-        else None
-    )  # fmt: skip
-    if reason:
-        raise DataError(
-            f"Refusing to extract {tar_path.name}: member {member.name!r:.120} is unsafe ({reason}). The archive "
-            "may be tampered with; download it again from a trusted source."
-        )
