@@ -76,7 +76,7 @@ def real_vlguard_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_checked(
-    command: list[str], cwd: Path, timeout: int = 900, env: dict[str, str] | None = None
+    command: list[str], cwd: Path, timeout: int = 1800, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run a command as a user would (extra `env` on top of ours); on failure, show the end of its output."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
