@@ -22,6 +22,8 @@ from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
 VERIFY_SAMPLES = 8  # samples counted both ways before the size-based count is trusted
+# Cross-attention models: the image placeholder stays one token; the image features go in aside.
+_PLACEHOLDER_KEPT = {"MllamaProcessor"}
 
 
 def token_lengths(
@@ -30,11 +32,11 @@ def token_lengths(
     """Tokens of each sample's full conversation (images included) as TRL's collator would feed the model.
 
     Running the image processor on every image is most of the cost, and only the images' sizes matter for
-    the count, so vlsafe counts text tokens plus the processor's image-token count for each image's size.
-    That shortcut is checked against the full processor on the first samples and used only when they agree;
-    otherwise every sample goes through the processor.
+    the count, so vlsafe expands each image placeholder as the processor would for that image's size and
+    tokenizes the text. That shortcut is checked against the full processor on the first samples and used
+    only when they agree; otherwise every sample goes through the processor.
     """
-    if not (hasattr(processor, "_get_num_multimodal_tokens") and getattr(processor, "image_token", None)):
+    if not counts_from_sizes(processor):
         logger.info(
             "%s cannot count image tokens from sizes; running it on every sample", type(processor).__name__
         )
@@ -77,12 +79,13 @@ def processed_lengths(
 def size_based_lengths(
     dataset: Dataset, processor: ProcessorMixin, *, chat_template: str | None = None
 ) -> list[int]:
-    """Token counts from the rendered text (one placeholder token per image) plus the processor's image-token
-    count for each image's size; image files are opened for their header only."""
+    """Token counts from the rendered text with each image placeholder expanded as the processor expands it
+    for that image's size (`image_replacements`); image files are opened for their header only."""
+    if not counts_from_sizes(processor):
+        raise ValueError(f"{type(processor).__name__} cannot count image tokens from image sizes")
     undecoded = dataset.select_columns(["messages", "images"]).cast_column(
         "images", List(Image(decode=False))
     )
-    placeholder = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     lengths = []
     for row in tqdm(undecoded, desc="count tokens", leave=False):
         images = [_open_header(image) for image in row["images"]]
@@ -94,12 +97,48 @@ def size_based_lengths(
             chat_template=chat_template,
             tokenize=False,
         )
-        ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-        image_tokens = 0
+        # The processor's own layout step (mllama adds its BOS there) and placeholder expansion.
+        _, texts, *_ = processor.prepare_inputs_layout(text=[text])
         if sizes:
-            image_tokens = sum(processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
-        lengths.append(len(ids) - ids.count(placeholder) + image_tokens)
+            texts, _ = processor.get_text_with_replacements(texts, image_replacements(processor, sizes))
+        lengths.append(len(processor.tokenizer(texts[0], add_special_tokens=False)["input_ids"]))
     return lengths
+
+
+def counts_from_sizes(processor: ProcessorMixin) -> bool:
+    """Whether `image_replacements` knows this processor's rule, so tokens can be counted from sizes."""
+    if not getattr(processor, "image_token", None):
+        return False
+    name = type(processor).__name__
+    if name == "Gemma3Processor":
+        # Pan-and-scan crops depend on the pixels' aspect ratio through the image processor's own logic.
+        return not getattr(processor.image_processor, "do_pan_and_scan", False)
+    return name in _PLACEHOLDER_KEPT or hasattr(processor, "_get_num_multimodal_tokens")
+
+
+def image_replacements(processor: ProcessorMixin, sizes: list[tuple[int, int]]) -> list[str]:
+    """The text each image placeholder of one sample becomes, from the images' (height, width) alone.
+
+    Calls the processor's own `replace_image_token` with the few fields it reads from the image
+    processor's output, computed from the sizes, so begin/end-of-image and newline tokens come out exactly
+    as the processor writes them. Processors without a rule here expand to `_get_num_multimodal_tokens`
+    image tokens per image.
+    """
+    name = type(processor).__name__
+    if name in _PLACEHOLDER_KEPT:  # cross-attention: the placeholder stays one token, features go aside
+        return [processor.image_token] * len(sizes)
+    if name == "Gemma3Processor":  # a fixed number of soft tokens between <boi> and <eoi>, no crops
+        inputs = {"num_crops": [0] * len(sizes)}
+    elif name == "Gemma4Processor":  # soft tokens from the aspect-preserving resize, between <boi>/<eoi>
+        counts = processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
+        inputs = {"num_soft_tokens_per_image": counts}
+    elif name == "LlavaOnevisionProcessor" and len(sizes) > 1:
+        # Several images in a sample: each gets the base view only (no anyres tiles), whatever its size.
+        inputs = {"batch_num_images": [len(sizes)]}
+    else:
+        counts = processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
+        return [processor.image_token * count for count in counts]
+    return [processor.replace_image_token(inputs, image_idx=index) for index in range(len(sizes))]
 
 
 def _open_header(image: dict) -> PILImage.Image:
