@@ -1,7 +1,8 @@
 """The generation engine: batched greedy generation, resumable, data-parallel under `accelerate launch`.
 
-Prompts are left-padded so every sequence of a batch ends where generation starts, and processed in
-order of length so a batch wastes little padding; answers come back in the order of the input rows.
+Prompts are left-padded so every sequence of a batch ends where generation starts, and processed by
+image count, then length, with no batch mixing image counts, so a batch wastes little padding; answers come
+back in the order of the input rows.
 Batched answers equal batch-size-1 answers (tested), so batching is a pure speed-up.
 """
 
@@ -155,13 +156,12 @@ def generate_records(
     # another one just wrote, split a different pending list, and rows would fall between the two.
     state.wait_for_everyone()
     pending = [index for index, key in enumerate(keys) if store is None or key not in store]
-    pending.sort(key=lambda index: len(prompt_text(rows[index])))
+    pending.sort(key=lambda index: (_image_count(rows[index]), len(prompt_text(rows[index]))))
     finished: list[tuple[int, dict[str, Any]]] = []
     with state.split_between_processes(pending) as mine:
         model.eval()
-        batches = range(0, len(mine), batch_size)
-        for start in tqdm(batches, desc="generate", disable=not progress or not state.is_local_main_process):
-            batch = mine[start : start + batch_size]
+        batches = _batches(mine, rows, batch_size)
+        for batch in tqdm(batches, desc="generate", disable=not progress or not state.is_local_main_process):
             records = _generate_batch(
                 model, processor, [prompt_messages(rows[i]) for i in batch], max_new_tokens
             )
@@ -173,3 +173,25 @@ def generate_records(
         finished = gather_object(finished)
     by_index = dict(finished)
     return [by_index[index] if index in by_index else store.get(key) for index, key in enumerate(keys)]
+
+
+def _image_count(row: dict[str, Any]) -> int:
+    return len(row.get("images") or [])
+
+
+def _batches(indices: Sequence[int], rows: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
+    """`indices` (sorted by image count) cut into batches of at most `batch_size` that never mix prompts with
+    different numbers of images. Such prompts differ by hundreds of image tokens, so a mixed batch is mostly
+    padding; and mllama's image processor fails on a batch whose first prompt has no image while a later one
+    has (transformers 5.23, `pad_batches_and_tiles`)."""
+    batches: list[list[int]] = []
+    for index in indices:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and _image_count(rows[batches[-1][0]]) == _image_count(rows[index])
+        ):
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
