@@ -416,7 +416,7 @@ def build_dpo_trainer(
             training_args, model, peft_config, longest_sample=max(fitting, default=0), pairs=True
         )
     training_args.model_init_kwargs = None  # applied when the models were loaded
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
         args=training_args,
@@ -424,6 +424,49 @@ def build_dpo_trainer(
         processing_class=processor,
         peft_config=peft_config,
     )
+    if (
+        "cross_attention_mask" in processor.model_input_names
+    ):  # mllama: images reach the LM by cross-attention
+        trainer.data_collator = CrossAttentionPreferenceCollator(
+            trainer.data_collator, processor.image_token_id
+        )
+    return trainer
+
+
+@dataclass
+class CrossAttentionPreferenceCollator:
+    """TRL's vision preference collator, with mllama's `cross_attention_mask` rebuilt for the whole sequence.
+
+    TRL (1.16) processes the prompts alone, then appends the chosen/rejected completions and flushes the rows
+    left, but keeps the prompts' cross-attention mask: shorter than `input_ids` and not shifted with them, so
+    the cross-attention layers fail. The mask is rebuilt from the final `input_ids` with mllama's own rule
+    (each image is attended from its token to the next image's, the last one to the end: the answer sees it),
+    with each image's tile count read from the prompts' mask.
+    """
+
+    collator: Any
+    image_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        from transformers.models.mllama.processing_mllama import (
+            convert_sparse_cross_attention_mask_to_dense,
+            get_cross_attention_token_mask,
+        )
+
+        batch = self.collator(examples)
+        prompt_mask = batch.get("cross_attention_mask")
+        if prompt_mask is None:  # no image in this batch
+            return batch
+        ids = batch["input_ids"]
+        num_tiles = prompt_mask.amax(dim=1).sum(dim=-1).tolist()  # (rows, images): tiles each image has
+        dense = convert_sparse_cross_attention_mask_to_dense(
+            [get_cross_attention_token_mask(row, self.image_token_id) for row in ids.tolist()],
+            num_tiles=num_tiles,
+            max_num_tiles=prompt_mask.shape[-1],
+            length=ids.shape[1],
+        )
+        batch["cross_attention_mask"] = torch.from_numpy(dense).to(prompt_mask.dtype)
+        return batch
 
 
 # -- running and saving -----------------------------------------------------------------------------------------
@@ -514,7 +557,7 @@ def train_and_save(
         except VlsafeError:
             logger.error(
                 "The trained model is saved in %s; once the problem below is fixed, publish it with: "
-                "python -m vlsafe.publish --folder %s --repo_id %s",
+                "vlsafe publish --folder %s --repo_id %s",
                 out,
                 out,
                 hub_target.repo_id,
