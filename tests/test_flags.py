@@ -9,8 +9,10 @@ inspected, and the missing extra gives a clear error).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +29,7 @@ from vlsafe.cards import is_full_model
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import VlsafeError
 from vlsafe.hub import push_to_hub
-from vlsafe.modeling import FAMILIES, family_of, model_part
+from vlsafe.modeling import FAMILIES, family_of, lora_target_modules, model_part
 from vlsafe.training import build_sft_trainer, load_for_training, model_init_kwargs, take_over_hub_push
 
 TOKEN = "hf_flags_FAKE_token_81c2"
@@ -185,11 +187,38 @@ def test_one_target_module_name_is_a_name_not_a_regex(tiny_models, tmp_path: Pat
 
 
 def test_default_lora_targets_the_language_model_only(tiny_models, tmp_path: Path) -> None:
+    from peft import get_peft_model
+    from peft.utils.other import match_target_against_key
+
     _, training_args, model_args = parse(tiny_models["idefics3"], tmp_path)
     assert model_args.use_peft is True  # vlsafe's default; TRL's ModelConfig defaults to full fine-tuning
     model, _, config = load_for_training(model_args, training_args)
-    assert config.target_modules.startswith(r".*\.text_model\.layers\.")
     assert all(p.requires_grad for p in model.parameters())  # LoRA (PEFT) freezes the base, not vlsafe
+    family = family_of(model)
+    # Every linear layer of the text model's decoder layers (attention and MLP), nothing of the vision side.
+    expected = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and model_part(family, name) == "language_model"
+        and re.search(r"\.layers\.\d+\.(self_attn|mlp)\.", name)
+    }
+    assert expected and any(".vision_model." in name for name, _ in model.named_modules())
+    matched = {
+        name for name, _ in model.named_modules() if match_target_against_key(config.target_modules, name)
+    }
+    assert matched == expected
+    # The same language model named from the root (as a family recognised from a model's structure names it)
+    # is the same set of layers: the regex's prefix before the submodule's name is optional.
+    from_root = dataclasses.replace(family, language_model="model.text_model")
+    regex = lora_target_modules(from_root)
+    assert {name for name, _ in model.named_modules() if match_target_against_key(regex, name)} == expected
+    wrapped = {
+        name.removeprefix("base_model.model.")
+        for name, module in get_peft_model(model, config).named_modules()
+        if hasattr(module, "lora_A") and module.lora_A
+    }
+    assert wrapped == expected
 
 
 def test_quantization_flags_build_trl_s_bitsandbytes_config(tiny_models, tmp_path: Path) -> None:
