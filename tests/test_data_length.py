@@ -12,7 +12,7 @@ from transformers import AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from vlsafe.data.formats import assistant_turn, user_turn, vision_dataset
-from vlsafe.data.length import processed_lengths, size_based_lengths, token_lengths
+from vlsafe.data.length import counts_from_sizes, processed_lengths, size_based_lengths, token_lengths
 from vlsafe.fixtures import FAMILIES
 
 SIZES = [(40, 40), (90, 30), (30, 120), (200, 150), (17, 61)]
@@ -80,3 +80,12 @@ def test_a_disagreeing_shortcut_falls_back_to_the_processor(tiny_models, mixed_d
         lengths = token_lengths(mixed_dataset, processor)
     assert lengths == collator_lengths(mixed_dataset, processor)
     assert "disagrees" in caplog.text
+
+
+def test_gemma3_pan_and_scan_is_counted_by_the_processor(tiny_models, mixed_dataset, caplog):
+    # Pan-and-scan crops depend on the image processor's own logic: no size rule, the full processor counts.
+    processor = AutoProcessor.from_pretrained(tiny_models["gemma3"], do_pan_and_scan=True)
+    assert processor.image_processor.do_pan_and_scan and not counts_from_sizes(processor)
+    with caplog.at_level(logging.INFO, logger="vlsafe.data.length"):
+        assert token_lengths(mixed_dataset, processor) == collator_lengths(mixed_dataset, processor)
+    assert "cannot count image tokens from sizes" in caplog.text
