@@ -10,8 +10,10 @@ config name works without a clone. Nothing heavy is imported here: importing a r
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,25 @@ def command_name(recipe: str) -> str:
         "dpo_safety": "dpo",
         "evaluate_safety": "eval",
     }[recipe]
+
+
+def spaces_dir() -> Path:
+    """The checkout's spaces/ folder (next to recipes/, or in the working directory); the Space app ships with
+    the repository, not in the wheel."""
+    for folder in (ROOT.parent / "spaces", Path.cwd() / "spaces"):
+        if (folder / "push_space.py").is_file() and (folder / "compare" / "app.py").is_file():
+            return folder
+    raise VlsafeError(
+        "The Space app (spaces/compare, spaces/push_space.py) is not in the installed package: it ships with the "
+        "repository. Run `vlsafe space` from a clone of vlsafe, or in a folder that holds its spaces/."
+    )
+
+
+def push_space_module():
+    """spaces/push_space.py as a module (the Space pusher of `vlsafe space --push` and the pipeline)."""
+    name = "vlsafe_push_space"
+    spec = importlib.util.spec_from_file_location(name, spaces_dir() / "push_space.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -23,11 +23,11 @@ from pathlib import Path
 from huggingface_hub import HfApi, SpaceCard
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
-from peft import PeftConfig
 from trl import TrlParser
 
 import vlsafe
-from vlsafe.errors import VlsafeError
+from vlsafe.errors import VlsafeError, hub_error
+from vlsafe.hub import adapter_base_model
 
 logger = logging.getLogger("vlsafe.spaces.push")
 
@@ -68,7 +68,7 @@ def _hub_id(value: str, what: str) -> str:
 def resolve_base_model(adapter: str, base_model: str | None) -> str:
     """The base model to serve: given, or the one named in the adapter's adapter_config.json."""
     if base_model is None:
-        base_model = PeftConfig.from_pretrained(adapter).base_model_name_or_path
+        base_model = adapter_base_model(adapter)
         logger.info("Base model from the adapter's config: %s", base_model)
     return _hub_id(base_model, "base model")
 
@@ -105,6 +105,8 @@ def push_space(args: PushArguments, api: HfApi | None = None) -> str:
         raise VlsafeError(
             f"The adapter {adapter!r} is not on the Hub (or your token cannot see it): push it first."
         ) from None
+    except HfHubHTTPError as error:
+        raise hub_error(error, adapter, "read") from None
     if info.private:
         logger.warning("%s is private: give the Space an HF_TOKEN secret that can read it.", adapter)
     base_model = resolve_base_model(adapter, args.base_model)
@@ -127,12 +129,9 @@ def push_space(args: PushArguments, api: HfApi | None = None) -> str:
                 commit_message=f"vlsafe compare demo for {adapter}",
                 delete_patterns=["vlsafe/**"],  # modules of an earlier push this checkout no longer has
             )
-    except HfHubHTTPError as exc:  # the message names the status, never the token
-        status = exc.response.status_code if exc.response is not None else None
-        hint = " Log in with `hf auth login` or set HF_TOKEN to a token with write access."
-        raise VlsafeError(
-            f"The Hub refused to create or update the Space {space_id} (HTTP {status})."
-            + (hint if status in (401, 403) else "")
+    except HfHubHTTPError as error:  # the message names the status, never the token
+        raise hub_error(
+            error, space_id, "create or update the Space", repo_type="space", write=True
         ) from None
     logger.info("Pushed %s", url)
     return str(url)

@@ -196,3 +196,18 @@ def test_a_failed_generation_raises_a_clear_error_and_the_next_one_works(
         comparer.answer("base", "Describe the image.")
     monkeypatch.setattr(comparer.model, "generate", real_generate)
     assert comparer.answer("base", "Describe the image.").done  # the lock was released
+
+
+@pytest.mark.slow
+def test_the_base_model_comes_from_the_adapter_and_a_full_model_is_refused(
+    demo_run: Path, tiny_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Space loads its adapter through vlsafe.hub, like everyone: the base named in the adapter's config,
+    and a clear refusal for a fully fine-tuned folder (it cannot be switched off to answer as the base)."""
+    monkeypatch.chdir(demo_run)  # the demo adapter names its base by the relative path training was given
+    comparer = Comparer.load(
+        CompareConfig(adapter="outputs/demo/sft_vlguard", dtype="float32", max_new_tokens=4)
+    )
+    assert comparer.base_model == "outputs/demo/fixtures/tiny-llava" and isinstance(comparer.model, PeftModel)
+    with pytest.raises(VlsafeError, match="is a fully fine-tuned model .*not an adapter"):
+        Comparer.load(CompareConfig(adapter=str(tiny_models["llava"]), base_model=str(tiny_models["llava"])))

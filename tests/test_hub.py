@@ -23,7 +23,7 @@ from tests.conftest import REPO, run_checked
 from tests.hub_server import FakeHub
 from tests.test_cards import make_results
 from vlsafe.cards import update_card
-from vlsafe.errors import HubAccessError, VlsafeError
+from vlsafe.errors import DataError, HubAccessError, VlsafeError
 from vlsafe.hub import load_adapter, publishable_files, push_to_hub
 from vlsafe.publish import PublishArguments
 from vlsafe.publish import main as publish_main
@@ -312,3 +312,105 @@ def test_summary_records_the_commit_a_hub_dataset_resolved_to(hub: FakeHub, tmp_
     assert missing == {"role": "helpfulness", "source": "someone/gone", "revision": "v1"}  # best effort
     local = dataset_entry(DatasetRef("safety", str(tmp_path / "data")))
     assert "resolved_revision" not in local
+
+
+# -- one loader for everyone (fast: a fresh LoRA on the tiny models, no trained adapter needed) -----------------
+def _lora_adapter(
+    base: Path, folder: Path, *, processor: bool = True, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
+    """A LoRA adapter on the tiny model `base`, saved as training saves one, with lora_B set so it changes
+    the model's output."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        AutoModelForImageTextToText.from_pretrained(base),
+        LoraConfig(r=2, target_modules=list(targets)),
+    )
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.05)
+    model.save_pretrained(folder)
+    if processor:
+        AutoProcessor.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
+def test_the_adapter_loader_attaches_checks_and_finds_the_processor(tiny_models, tmp_path: Path) -> None:
+    from vlsafe.hub import attach_adapter, tuned_processor
+    from vlsafe.modeling import load_model, load_processor
+
+    llava, qwen = tiny_models["llava"], tiny_models["qwen2_5_vl"]
+    adapter = _lora_adapter(llava, tmp_path / "adapter")
+    processor = load_processor(str(llava))
+    inputs = _inputs(processor)
+    base_logits = _logits(load_model(str(llava)), inputs)
+    model = attach_adapter(load_model(str(llava)), adapter, base_model=str(llava))
+    assert isinstance(model, PeftModel) and not model.training
+    assert not torch.allclose(_logits(model, inputs), base_logits)  # the adapter's weights are on
+    trainable = attach_adapter(load_model(str(llava)), adapter, trainable=True)
+    assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
+
+    projector = _lora_adapter(llava, tmp_path / "projector", targets=("linear_1",))  # LLaVA's projector only
+    with pytest.raises(
+        VlsafeError, match=rf"Adapter {projector} does not fit base model {qwen} .*base_model="
+    ):
+        attach_adapter(load_model(str(qwen)), projector, base_model=str(qwen))
+    with pytest.raises(
+        VlsafeError, match="trained with a LlavaProcessor .* Qwen2_5_VLProcessor .* does not fit"
+    ):
+        tuned_processor(adapter, load_processor(str(qwen)), base_model=str(qwen))
+    assert tuned_processor(adapter, processor).chat_template == processor.chat_template
+    bare = _lora_adapter(llava, tmp_path / "bare", processor=False)
+    assert tuned_processor(bare, processor) is processor  # no processor saved: the base model's
+
+
+def test_a_fully_fine_tuned_model_loads_as_the_model_itself(hub: FakeHub, tiny_models) -> None:
+    """A folder of full weights (what use_peft false leaves), local or published, is the tuned model."""
+    from vlsafe.hub import attach_adapter
+
+    full = tiny_models["llava"]  # config.json + model.safetensors, no adapter_config.json
+    model, processor = load_adapter(full)
+    assert not isinstance(model, PeftModel) and not model.training
+    assert type(processor).__name__ == "LlavaProcessor"
+    with pytest.raises(VlsafeError, match="is a fully fine-tuned model .*not an adapter"):
+        attach_adapter(model, full)
+
+    push_to_hub(full, "alice/tiny-full")
+    published, _ = load_adapter("alice/tiny-full")
+    inputs = _inputs(processor)
+    torch.testing.assert_close(_logits(published, inputs), _logits(model, inputs))
+
+
+def test_an_adapter_on_the_hub_is_read_by_its_config_then_fetched_without_pickles(
+    hub: FakeHub, tiny_models, tmp_path: Path
+) -> None:
+    from vlsafe.hub import adapter_base_model, model_folder
+
+    adapter = _lora_adapter(tiny_models["llava"], tmp_path / "adapter")
+    (adapter / "training_args.bin").write_bytes(b"\x80\x04pickle")
+    hub.add_repo("alice/lora", adapter, repo_type="model")
+    hub.requests.clear()
+    assert adapter_base_model("alice/lora") == str(tiny_models["llava"])
+    fetched = [path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path]
+    assert [path.rsplit("/", 1)[-1] for path in fetched] == ["adapter_config.json"]  # the config only
+    folder = model_folder("alice/lora")
+    assert (folder / "adapter_model.safetensors").is_file() and not (folder / "training_args.bin").exists()
+    with pytest.raises(VlsafeError, match="Revision 'v9' does not exist in alice/lora") as missing:
+        adapter_base_model("alice/lora", revision="v9")
+    assert not isinstance(missing.value, DataError)  # a model repo: not a dataset problem
+
+
+def test_network_failures_are_retried_through_huggingface_hubs_own_http_errors() -> None:
+    from huggingface_hub.utils import httpx as hub_http
+
+    from vlsafe.hub import _retryable
+
+    try:
+        try:
+            raise hub_http.ConnectError("connection refused")
+        except hub_http.ConnectError as cause:
+            raise RuntimeError("upload failed") from cause
+    except RuntimeError as wrapped:
+        assert _retryable(wrapped)  # a network failure anywhere in the causes
+    assert not _retryable(ValueError("bad metadata"))

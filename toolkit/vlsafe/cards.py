@@ -22,12 +22,13 @@ from typing import Any
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub.constants import REPOCARD_NAME
 
 from vlsafe.errors import VlsafeError
 
 logger = logging.getLogger(__name__)
 
-CARD = "README.md"
+CARD = REPOCARD_NAME  # README.md
 ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CONFIG = "config.json"
 SUMMARY = "training_summary.json"
@@ -304,59 +305,25 @@ def card_context(
     summary); `repo_id`/`base_model` are the Hub ids the card should name (at push time), else the ones
     recorded in the folder."""
     folder = Path(folder)
-    adapter = read_json(folder / ADAPTER_CONFIG, "PEFT adapter config")
-    full = adapter is None and is_full_model(folder)
-    if adapter is None and not full:
-        raise VlsafeError(
-            f"{folder} has no {ADAPTER_CONFIG} nor {MODEL_CONFIG} with model*.safetensors weights: not a PEFT "
-            "adapter folder nor a full model folder. Point at the training output_dir."
-        )
-    summary = read_json(folder / SUMMARY, "training summary") or {}
-    if full and not summary:
-        raise VlsafeError(
-            f"{folder} holds full model weights but no {SUMMARY}: vlsafe writes cards for the models its recipes "
-            "trained. Train with a vlsafe recipe, or write the card yourself."
-        )
-    adapter = adapter or {}
+    adapter, summary, full = _trained_model(folder)
     results = read_results(folder / RESULTS) if (folder / RESULTS).is_file() else None
     recorded_base = (summary.get("base_model") or {}).get("name_or_path") or adapter.get(
         "base_model_name_or_path"
     )
     base = base_model or recorded_base
-    hub_base = base if looks_like_repo_id(base) else None
     recipe_name = summary.get("recipe")
     recipe = RECIPES.get(recipe_name or "", Recipe(recipe_name, "safety fine-tuning"))
     model_ref = repo_id or summary.get("hub_model_id") or f"<your-username>/{folder.resolve().name}"
     name = model_ref.split("/")[-1]
     lora = summary.get("lora") or ({} if full else _lora_from_adapter(adapter))
-
-    datasets = summary.get("datasets", [])
-    tags = (
-        "vlsafe",
-        "safety",
-        None if full else "lora",
-        recipe.tag,
-        "trl",
-        recipe.method or summary.get("method"),
-    )
-    card_data = ModelCardData(
-        base_model=hub_base,
-        library_name="transformers" if full else "peft",
-        pipeline_tag="image-text-to-text",
-        license=summary.get("license") or "other",
-        datasets=[d["source"] for d in datasets if looks_like_repo_id(d.get("source"))] or None,
-        tags=list(dict.fromkeys(t for t in tags if t)),
-        model_name=name,
-        eval_results=eval_results(results) if results else None,
-    )
     judges = (results or {}).get("judges", [])
     pairs = summary.get("preference_pairs")
     return {
-        "card_data": card_data.to_yaml(),
+        "card_data": _card_data(summary, results, base=base, name=name, recipe=recipe, full=full).to_yaml(),
         "name": name,
         "model_ref": model_ref,
         "base_model": base,
-        "base_is_local": hub_base is None,
+        "base_is_local": not looks_like_repo_id(base),
         "full": full,
         "what_trained": what_trained(summary, lora, full),
         "loss": loss_description(summary),
@@ -365,7 +332,7 @@ def card_context(
         "summary": summary,
         "base_revision": (summary.get("base_model") or {}).get("revision") or adapter.get("revision"),
         "hyperparameters": hyperparameters(lora, summary),
-        "datasets": datasets,
+        "datasets": summary.get("datasets", []),
         "samples": summary.get("samples", {}),
         "pairs": pairs,
         "rejected_sources": [
@@ -379,6 +346,56 @@ def card_context(
         "has_plot": (folder / PLOT).is_file(),
         "judges": [(judge, JUDGES.get(judge, _model_judge_note(judge))) for judge in judges],
     }
+
+
+def _trained_model(folder: Path) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(adapter config or {}, training summary or {}, whether it is a full model) of a folder a card is
+    written for; a folder that is neither an adapter nor a vlsafe-trained full model is refused."""
+    adapter = read_json(folder / ADAPTER_CONFIG, "PEFT adapter config")
+    full = adapter is None and is_full_model(folder)
+    if adapter is None and not full:
+        raise VlsafeError(
+            f"{folder} has no {ADAPTER_CONFIG} nor {MODEL_CONFIG} with model*.safetensors weights: not a PEFT "
+            "adapter folder nor a full model folder. Point at the training output_dir."
+        )
+    summary = read_json(folder / SUMMARY, "training summary") or {}
+    if full and not summary:
+        raise VlsafeError(
+            f"{folder} holds full model weights but no {SUMMARY}: vlsafe writes cards for the models its recipes "
+            "trained. Train with a vlsafe recipe, or write the card yourself."
+        )
+    return adapter or {}, summary, full
+
+
+def _card_data(
+    summary: dict[str, Any],
+    results: dict[str, Any] | None,
+    *,
+    base: str | None,
+    name: str,
+    recipe: Recipe,
+    full: bool,
+) -> ModelCardData:
+    """The card's front matter: what the Hub indexes (base model, library, tags, datasets, model-index)."""
+    tags = (
+        "vlsafe",
+        "safety",
+        None if full else "lora",
+        recipe.tag,
+        "trl",
+        recipe.method or summary.get("method"),
+    )
+    datasets = summary.get("datasets", [])
+    return ModelCardData(
+        base_model=base if looks_like_repo_id(base) else None,
+        library_name="transformers" if full else "peft",
+        pipeline_tag="image-text-to-text",
+        license=summary.get("license") or "other",
+        datasets=[d["source"] for d in datasets if looks_like_repo_id(d.get("source"))] or None,
+        tags=list(dict.fromkeys(t for t in tags if t)),
+        model_name=name,
+        eval_results=eval_results(results) if results else None,
+    )
 
 
 def what_trained(summary: dict[str, Any], lora: dict[str, Any], full: bool) -> str:

@@ -131,31 +131,11 @@ def publish(argv: list[str]) -> int:
     return 0
 
 
-def spaces_dir() -> Path:
-    """The checkout's spaces/ folder (next to recipes/, or in the working directory); the Space app ships with
-    the repository, not in the wheel."""
-    for folder in (recipes.ROOT.parent / "spaces", Path.cwd() / "spaces"):
-        if (folder / "push_space.py").is_file() and (folder / "compare" / "app.py").is_file():
-            return folder
-    raise VlsafeError(
-        "The Space app (spaces/compare, spaces/push_space.py) is not in the installed package: it ships with the "
-        "repository. Run `vlsafe space` from a clone of vlsafe, or in a folder that holds its spaces/."
-    )
-
-
-def _load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def push_space(argv: list[str]) -> int:
     """`vlsafe space --push ...`: spaces/push_space.py's main with these arguments."""
     from trl import TrlParser
 
-    module = _load_script(spaces_dir() / "push_space.py", "vlsafe_push_space")
+    module = recipes.push_space_module()
     parser = TrlParser(
         (module.PushArguments,),
         prog=f"{PROG} space --push",
@@ -189,7 +169,7 @@ def space(argv: list[str]) -> int:
     for name in CompareConfig.field_names():
         if getattr(args, name) is not None:
             env[f"{ENV_PREFIX}{name.upper()}"] = getattr(args, name)
-    app = spaces_dir() / "compare" / "app.py"
+    app = recipes.spaces_dir() / "compare" / "app.py"
     return subprocess.run([sys.executable, str(app)], env=env, check=False).returncode
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftModel
 from PIL import Image, ImageOps
 from transformers import (
     BatchFeature,
@@ -35,6 +35,7 @@ from transformers import (
 
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.judges import keyword_label
+from vlsafe.hub import adapter_base_model, attach_adapter, tuned_processor
 from vlsafe.modeling import load_model, load_processor
 
 logger = logging.getLogger(__name__)
@@ -240,20 +241,17 @@ class Comparer:
     @classmethod
     def load(cls, config: CompareConfig) -> Comparer:
         """Load the base model once, put the adapter on it, and the processors of both sides."""
-        base_model = config.base_model or PeftConfig.from_pretrained(config.adapter).base_model_name_or_path
+        base_model = config.base_model or adapter_base_model(config.adapter)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         logger.info("Loading base model %s and adapter %s on %s", base_model, config.adapter, device)
         model = load_model(base_model, dtype=config.dtype).to(device)
-        model = PeftModel.from_pretrained(model, config.adapter)
+        model = attach_adapter(model, config.adapter, base_model=base_model)
         base_processor = load_processor(base_model)
-        try:  # the adapter folder carries the processor and chat template it was trained with
-            tuned_processor = load_processor(config.adapter)
-        except (OSError, ValueError):
-            logger.info("Adapter %s has no processor; using the base model's", config.adapter)
-            tuned_processor = base_processor
+        # the adapter folder carries the processor and chat template it was trained with
+        tuned = tuned_processor(config.adapter, base_processor, base_model=base_model)
         return cls(
             model,
-            {"base": base_processor, "tuned": tuned_processor},
+            {"base": base_processor, "tuned": tuned},
             max_new_tokens=config.max_new_tokens,
             limits=config.limits,
             base_model=base_model,

@@ -4,8 +4,12 @@
 template, card, results.json, plot; or any safetensors model folder, such as a local base model) to a model repo
 in one commit, so a revision is either complete or absent. It creates
 the repo if needed, honours ``HF_ENDPOINT``, the token (argument, ``HF_TOKEN`` or ``hf auth login``) and a
-target branch, retries transient failures, and publishes safetensors only. `load_adapter` loads a published
-(or local) adapter onto its base model and returns the processor with it.
+target branch, retries transient failures, and publishes safetensors only.
+
+Loading is written once, here, for everyone (the evaluation engine, the Space's `compare`, training that continues
+an adapter): `attach_adapter` puts a published (Hub id) or local adapter on a model already in memory,
+`tuned_processor` finds the processor it was trained with, and `load_adapter` does both from scratch; it also
+loads a fully fine-tuned model folder (`vlsafe.cards.is_full_model`) as the model itself.
 """
 
 from __future__ import annotations
@@ -16,15 +20,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
-from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
+from huggingface_hub.utils import httpx as hub_http  # the HTTP library huggingface_hub itself uses
 from peft import PeftModel
 from transformers import PreTrainedModel, ProcessorMixin
 
-from vlsafe.cards import ADAPTER_CONFIG, CARD, SUMMARY, is_full_model, looks_like_repo_id, render_adapter_card
-from vlsafe.data.sources import hub_file, is_local
-from vlsafe.errors import HubAccessError, VlsafeError
+from vlsafe.cards import (
+    ADAPTER_CONFIG,
+    CARD,
+    MODEL_CONFIG,
+    RESULTS,
+    SUMMARY,
+    is_full_model,
+    looks_like_repo_id,
+    render_adapter_card,
+)
+from vlsafe.data.sources import hub_file, hub_snapshot, is_local
+from vlsafe.errors import VlsafeError, first_line, http_status, hub_error, reason
 from vlsafe.modeling import load_model, load_processor
 
 logger = logging.getLogger(__name__)
@@ -93,32 +105,48 @@ def push_to_hub(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
     except Exception as error:
         raise hub_error(error, repo_id, "create the repository or branch for", write=True) from None
-    message = commit_message or f"Upload {folder.name} with vlsafe"
     size = sum(path.stat().st_size for path in files.values()) / 1e6
     logger.info("Pushing %d files (%.1f MB) from %s to %s", len(files), size, folder, repo_id)
-    for attempt in range(1, max_attempts + 1):
+    message = commit_message or f"Upload {folder.name} with vlsafe"
+    info = _commit(api, repo_id, files, overrides, message, revision, max_attempts, retry_wait)
+    logger.info("Pushed %s to %s (commit %s)", folder, info.commit_url, info.oid)
+    return PushResult(repo_id, revision or "main", info.oid, info.commit_url)
+
+
+def _commit(
+    api: HfApi,
+    repo_id: str,
+    files: dict[str, Path],
+    overrides: dict[str, bytes],
+    message: str,
+    revision: str | None,
+    max_attempts: int,
+    retry_wait: float,
+) -> CommitInfo:
+    """One commit of `files` (`overrides` replacing some contents), retried on transient failures (5xx, 429,
+    network) with exponential waits; each attempt gets fresh operations (the client marks them as uploaded)."""
+    attempt = 1
+    while True:
         operations = [
             CommitOperationAdd(name, overrides.get(name) or str(files[name]))
             for name in sorted(files.keys() | overrides.keys())
         ]
         try:
-            info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
-            break
+            return api.create_commit(repo_id, operations, commit_message=message, revision=revision)
         except Exception as error:
-            if not _retryable(error) or attempt == max_attempts:
+            if not _retryable(error) or attempt >= max_attempts:
                 raise hub_error(error, repo_id, "push to", write=True, attempts=attempt) from None
             wait = retry_wait * 2 ** (attempt - 1)
             logger.warning(
                 "Push to %s failed (%s), attempt %d of %d; retrying in %.0f s",
                 repo_id,
-                _reason(error),
+                reason(error),
                 attempt,
                 max_attempts,
                 wait,
             )
             time.sleep(wait)
-    logger.info("Pushed %s to %s (commit %s)", folder, info.commit_url, info.oid)
-    return PushResult(repo_id, revision or "main", info.oid, info.commit_url)
+            attempt += 1
 
 
 def push_target(target: HubTarget, folder: str | Path, **kwargs) -> PushResult:
@@ -187,76 +215,21 @@ def _refuse_token_in_files(files: dict[str, Path], overrides: dict[str, bytes], 
             )
 
 
-def _status(error: BaseException | None) -> int | None:
-    """The HTTP status behind `error` or one of its causes (the client wraps upload errors)."""
-    while error is not None:
-        response = getattr(error, "response", None)
-        if response is not None and getattr(response, "status_code", None):
-            return response.status_code
-        error = error.__cause__ or error.__context__
-    return None
-
-
 def _retryable(error: BaseException) -> bool:
+    """A network failure (anywhere in the causes) or a status the Hub answers when busy or down."""
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, httpx2.TransportError | ConnectionError | TimeoutError):
+        if isinstance(cause, hub_http.TransportError | ConnectionError | TimeoutError):
             return True
         cause = cause.__cause__ or cause.__context__
-    return _status(error) in RETRY_STATUSES
-
-
-def _reason(error: BaseException) -> str:
-    status = _status(error)
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"HTTP {status}: {first}" if status else first
-
-
-def hub_error(
-    error: Exception, repo_id: str, action: str, *, write: bool = False, attempts: int | None = None
-) -> VlsafeError:
-    """One clear message per way a Hub request fails; the token is never part of it.
-
-    `attempts` is set for the commit of a push: its generic failure says that nothing was committed.
-    """
-    status = _status(error)
-    access = "write" if write else "read"
-    login = (
-        f"Log in with `hf auth login` or set HF_TOKEN to a token with {access} access "
-        "(https://huggingface.co/settings/tokens)"
-    )
-    if status == 401 and not isinstance(error, RepositoryNotFoundError):
-        return HubAccessError(
-            f"The Hub refused the credentials while trying to {action} {repo_id} (HTTP 401): no token, or an "
-            f"invalid or expired one. {login}."
-        )
-    if status == 403:
-        return HubAccessError(
-            f"This token may not {action} {repo_id} (HTTP 403). Use a token with {access} access to the namespace "
-            f"{repo_id.split('/')[0]!r} (a fine-grained token needs that permission on it), or use your own "
-            "namespace."
-        )
-    if isinstance(error, RevisionNotFoundError):
-        return VlsafeError(f"Revision not found while trying to {action} {repo_id}: {_reason(error)}.")
-    if isinstance(error, RepositoryNotFoundError):
-        return HubAccessError(
-            f"Repository {repo_id} was not found, or it is private and this token cannot see it (HTTP {status}). "
-            f"Check the id and the token. {login}."
-        )
-    if isinstance(error, ValueError) and "metadata" in str(error).lower():
-        return VlsafeError(f"The Hub rejected the README.md front matter for {repo_id}: {error}")
-    if attempts is None:
-        return VlsafeError(f"Could not {action} {repo_id}: {_reason(error)}.")
-    return VlsafeError(
-        f"Could not {action} {repo_id} after {attempts} attempt(s): {_reason(error)}. Nothing was committed; "
-        "run the push again (the Hub skips files it already has)."
-    )
+    return http_status(error) in RETRY_STATUSES
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-# What loading an adapter needs from its repo: config, safetensors weights, processor and tokenizer files.
-LOADABLE = ["*.json", "*.jinja", "*.txt", "*.model", ADAPTER_WEIGHTS]
-NOT_NEEDED = ["results.json", "training_summary.json"]
+# What loading needs from a repo: configs, safetensors weights (an adapter's, or a full model's), processor and
+# tokenizer files. Pickled weights are never fetched.
+LOADABLE = ["*.json", "*.jinja", "*.txt", "*.model", ADAPTER_WEIGHTS, "model*.safetensors"]
+NOT_NEEDED = [RESULTS, SUMMARY]
 
 
 def load_adapter(
@@ -266,61 +239,147 @@ def load_adapter(
     revision: str | None = None,
     token: str | bool | None = None,
     dtype: str = "auto",
-) -> tuple[PeftModel, ProcessorMixin]:
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A published (Hub id) or local adapter on its base model, and the processor that goes with it.
 
     The base is `base_model` or the adapter's ``base_model_name_or_path``. Weights are read from safetensors
     only: a Hub adapter is fetched without its pickle files, and one published as ``.bin`` only is refused.
-    The processor (and chat template) comes from the adapter when it ships one, else from the base model.
+    The processor (and chat template) comes from the adapter when it ships one, else from the base model. A fully
+    fine-tuned model (full weights, no adapter) is loaded as it is, with its own processor.
     """
-    folder = adapter_folder(source, revision=revision, token=token)
+    folder = model_folder(source, revision=revision, token=token)
+    if is_full_model(folder):
+        model = load_model(str(folder), dtype=dtype).eval()
+        return model, load_processor(str(folder))
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = base_model or config.get("base_model_name_or_path")
-    if not base:
-        raise VlsafeError(f"{source}/{ADAPTER_CONFIG} names no base model; pass base_model=<id or folder>.")
-    model: PreTrainedModel = load_model(base, revision=config.get("revision"), dtype=dtype)
-    peft_model = PeftModel.from_pretrained(model, str(folder))
-    peft_model.eval()
-    try:
-        processor = load_processor(str(folder))
-    except (OSError, ValueError):
-        logger.warning("%s ships no processor; using the base model's (%s)", source, base)
-        processor = load_processor(base, revision=config.get("revision"))
+    base = base_model or _named_base(config, source)
+    model = load_model(base, revision=config.get("revision"), dtype=dtype)
+    peft_model = attach_adapter(model, folder, base_model=base)
+    processor = tuned_processor(
+        folder, load_processor(base, revision=config.get("revision")), base_model=base
+    )
     return peft_model, processor
 
 
-def adapter_folder(
+def attach_adapter(
+    model: PreTrainedModel,
+    source: str | Path,
+    *,
+    base_model: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    trainable: bool = False,
+) -> PeftModel:
+    """`model` with the LoRA adapter `source` (a folder or a Hub id; safetensors only) on it, in eval mode unless
+    `trainable`. `base_model` names `model` in messages: an adapter trained on another base is logged, and one
+    whose weights do not fit is refused with the base it was trained on. A fully fine-tuned model folder is not an
+    adapter: it is refused with how to load it instead."""
+    folder = model_folder(source, revision=revision, token=token)
+    if is_full_model(folder):
+        raise VlsafeError(
+            f"{source} is a fully fine-tuned model (full weights, no {ADAPTER_CONFIG}), not an adapter: load it as "
+            "the model itself (vlsafe.load_adapter, or pass it where a model_name_or_path is asked for)."
+        )
+    trained_on = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
+        "base_model_name_or_path"
+    )
+    if base_model and trained_on and trained_on != base_model:
+        logger.warning("Adapter %s was trained on %s, put on %s", source, trained_on, base_model)
+    try:
+        adapted = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise VlsafeError(
+            f"Adapter {source} does not fit base model {base_model or 'given'} (it was trained on {trained_on}): "
+            f"{first_line(error)[:300]}. Use it with base_model={trained_on}."
+        ) from None
+    return adapted if trainable else adapted.eval()
+
+
+def tuned_processor(
+    source: str | Path,
+    base: ProcessorMixin,
+    *,
+    base_model: str | None = None,
+    max_pixels: int | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> ProcessorMixin:
+    """The processor saved with the adapter or fully fine-tuned model `source` (its chat template is the trained
+    one), else `base`, the base model's. One of another type or vocabulary than `base` means the model was
+    trained on another base: refused, naming it."""
+    folder = model_folder(source, revision=revision, token=token)
+    try:
+        processor = load_processor(str(folder), max_pixels=max_pixels)
+    except (OSError, ValueError):
+        logger.info("%s ships no processor: using the base model's", source)
+        return base
+    if type(processor) is not type(base) or len(processor.tokenizer) != len(base.tokenizer):
+        adapter = folder / ADAPTER_CONFIG
+        trained_on = (
+            json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+            if adapter.is_file()
+            else "the base model it was fine-tuned from"
+        )
+        raise VlsafeError(
+            f"Adapter {source} was trained with a {type(processor).__name__} of {len(processor.tokenizer)} "
+            f"tokens, but base model {base_model or 'given'} has a {type(base).__name__} of {len(base.tokenizer)} "
+            f"tokens: the adapter does not fit this base. Use it with the base model it was trained on ({trained_on})."
+        )
+    return processor
+
+
+def adapter_base_model(
     source: str | Path, *, revision: str | None = None, token: str | bool | None = None
-) -> Path:
-    """A local folder holding the adapter of `source` (a folder, or a Hub id fetched into the HF cache),
-    checked to hold an adapter config and safetensors weights."""
+) -> str:
+    """The base model an adapter (folder or Hub id) names in its config; only the config is downloaded."""
+    if is_local(source):
+        path = Path(source).expanduser() / ADAPTER_CONFIG
+        if not path.is_file():
+            raise VlsafeError(f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter.")
+    else:
+        path = _hub_config(source, ADAPTER_CONFIG, revision=revision, token=token)
+        if path is None:
+            raise VlsafeError(f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter.")
+    return _named_base(json.loads(path.read_text(encoding="utf-8")), source)
+
+
+def model_folder(source: str | Path, *, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """A local folder holding the adapter or fully fine-tuned model `source` (a folder, or a Hub id fetched into
+    the HF cache without pickles), checked to hold a config and safetensors weights."""
     if is_local(source):
         folder = Path(source).expanduser()
-    elif not looks_like_repo_id(str(source)):
-        raise VlsafeError(f"{source} is neither an existing folder nor a Hub repo id (<user-or-org>/<name>).")
-    else:  # the config first: its download maps access problems to vlsafe's messages (vlsafe.data.sources)
-        config = hub_file(
-            str(source), ADAPTER_CONFIG, repo_type="model", revision=revision, token=token, required=False
-        )
-        if config is None:
-            raise VlsafeError(f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter.")
-        try:
-            folder = Path(
-                snapshot_download(
-                    str(source),
-                    revision=revision,
-                    token=token,
-                    allow_patterns=LOADABLE,
-                    ignore_patterns=NOT_NEEDED,
-                )
-            )
-        except Exception as error:
-            raise hub_error(error, str(source), "download the adapter") from None
+    else:  # a config first: its download maps access problems to vlsafe's messages (vlsafe.errors.hub_error)
+        config = _hub_config(source, ADAPTER_CONFIG, revision=revision, token=token)
+        if config is None and _hub_config(source, MODEL_CONFIG, revision=revision, token=token) is None:
+            raise VlsafeError(f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter (nor a model).")
+        patterns = {"allow_patterns": LOADABLE, "ignore_patterns": NOT_NEEDED}
+        folder = hub_snapshot(str(source), repo_type="model", revision=revision, token=token, **patterns)
+    if is_full_model(folder):
+        return folder
     if not (folder / ADAPTER_CONFIG).is_file():
-        raise VlsafeError(f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter.")
+        raise VlsafeError(
+            f"{source} has no {ADAPTER_CONFIG}: it is not a PEFT adapter (nor a fully fine-tuned model folder "
+            "with config.json and model*.safetensors)."
+        )
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise VlsafeError(
             f"{source} has no {ADAPTER_WEIGHTS}; vlsafe loads safetensors only (pickle .bin weights can run "
             "code when read). Re-save the adapter with save_pretrained(..., safe_serialization=True)."
         )
     return folder
+
+
+def _hub_config(
+    source: str | Path, name: str, *, revision: str | None, token: str | bool | None
+) -> Path | None:
+    """`name` downloaded from the model repo `source`, None when the repo has no such file."""
+    if not looks_like_repo_id(str(source)):
+        raise VlsafeError(f"{source} is neither an existing folder nor a Hub repo id (<user-or-org>/<name>).")
+    return hub_file(str(source), name, repo_type="model", revision=revision, token=token, required=False)
+
+
+def _named_base(config: dict, source: str | Path) -> str:
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise VlsafeError(f"{source}/{ADAPTER_CONFIG} names no base model; pass base_model=<id or folder>.")
+    return base

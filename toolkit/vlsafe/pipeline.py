@@ -476,8 +476,6 @@ class Pipeline:
 
     def space_stage(self) -> Stage:
         """The compare Space serving the published adapter (spaces/push_space.py)."""
-        from vlsafe.cli import spaces_dir
-
         published = read_record(self.work_dir, "publish")
         adapter = published.outputs["repo_id"]
         target = self.config.space
@@ -488,13 +486,7 @@ class Pipeline:
         }
 
         def run(resume: bool) -> dict[str, Any]:
-            import importlib.util
-            import sys
-
-            spec = importlib.util.spec_from_file_location("vlsafe_push_space", spaces_dir() / "push_space.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            module = recipes.push_space_module()
             arguments = module.PushArguments(
                 space_id=target.space_id,
                 adapter=adapter,

@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, Value
-from huggingface_hub import snapshot_download
 
 from vlsafe.data.archives import extract_zip
 from vlsafe.data.formats import user_turn, vision_dataset
 from vlsafe.data.images import drop_unreadable, resolve_image_path
 from vlsafe.data.records import checked_record_id
 from vlsafe.data.sharegpt import ROLES, conversation_row
-from vlsafe.data.sources import hub_file, is_local, read_json_list, short_repr
+from vlsafe.data.sources import hub_file, hub_snapshot, is_local, read_json_list, short_repr
 from vlsafe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -152,14 +151,11 @@ def _locate_test(
             raise DataError(f"{folder} has no {name}; an MIS_Test folder holds mis_{{easy,hard,real}}.json.")
     else:
         json_path = hub_file(str(source), name, revision=revision, token=token)  # also checks access
-        folder = Path(
-            snapshot_download(
-                str(source),
-                repo_type="dataset",
-                revision=revision,
-                token=token,
-                allow_patterns=[f"{split}_image/**", f"{split}_image.zip"],
-            )
+        folder = hub_snapshot(
+            str(source),
+            revision=revision,
+            token=token,
+            allow_patterns=[f"{split}_image/**", f"{split}_image.zip"],
         )
     if (folder / f"{split}_image").is_dir():
         return json_path, folder

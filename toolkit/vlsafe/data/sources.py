@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -62,6 +62,32 @@ def hub_file(
             revision=revision,
             filename=filename,
         ) from None
+
+
+def hub_snapshot(
+    repo_id: str,
+    *,
+    repo_type: str = "dataset",
+    revision: str | None = None,
+    token: str | bool | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+) -> Path:
+    """Download the files of a Hub repo that match `allow_patterns` (all when None) into the HF cache and return
+    the snapshot folder; problems are mapped as `hub_file` maps them."""
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                token=token,
+                allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
+                ignore_patterns=list(ignore_patterns) if ignore_patterns is not None else None,
+            )
+        )
+    except (HfHubHTTPError, EntryNotFoundError, HFValidationError) as error:
+        raise hub_error(error, repo_id, "download files of", repo_type=repo_type, revision=revision) from None
 
 
 # Bounded reprs of untrusted values: long strings, and deep or wide nesting, are cut.
