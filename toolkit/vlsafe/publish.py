@@ -1,4 +1,4 @@
-"""Publish a training output folder (adapter, processor, card, results) to a Hub model repo, in one commit.
+r"""Publish a training output folder (adapter, processor, card, results) to a Hub model repo, in one commit.
 
     vlsafe publish --folder outputs/llava-1.5-7b/sft_vlguard --repo_id <user>/llava-1.5-7b-vlguard
     python -m vlsafe.publish --folder outputs/llava-1.5-7b/sft_vlguard --repo_id <user>/llava-1.5-7b-vlguard

@@ -142,7 +142,15 @@ def hold_out_prompts(
         for index in chosen[side]:
             row = dataset[index]
             messages, images = first_user_turn(row["messages"], row["images"])
-            prompts.append({"messages": messages, "images": images, "harmful": side, "id": row["id"]})
+            prompts.append(
+                {
+                    "messages": messages,
+                    "images": images,
+                    "harmful": side,
+                    "id": row["id"],
+                    "kind": row["kind"],
+                }
+            )
     extra = len(held_out) - harmful - safe
     logger.info(
         "Safety curve: %d harmful + %d safe prompts held out of %d training samples (%d more samples of the same "
@@ -177,7 +185,13 @@ def benchmark_prompts(
                 wanted,
             )
         prompts += [
-            {"messages": row["messages"], "images": row["images"], "harmful": side, "id": row["id"]}
+            {
+                "messages": row["messages"],
+                "images": row["images"],
+                "harmful": side,
+                "id": row["id"],
+                "kind": row["subset"],
+            }
             for row in picked
         ]
     if not prompts:
