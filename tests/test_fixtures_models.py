@@ -12,7 +12,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl.chat_template_utils import get_training_chat_template
 
 from vlsafe.fixtures.data import tokenizer_corpus
-from vlsafe.fixtures.models import FAMILIES, build_tiny_vlm
+from vlsafe.fixtures.models import FAMILIES, VARIANTS, _trl_chat_template, build_tiny_vlm
+from vlsafe.fixtures.models_llama_mistral import (
+    LLAMA_3_2_VISION_CHAT_TEMPLATE,
+    MISTRAL_SMALL_3_1_CHAT_TEMPLATE,
+)
+from vlsafe.fixtures.models_llava_next import LLAVA_ONEVISION_CHAT_TEMPLATE
+from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
 
 # Real class names per family: processor, image processor, model.
 CLASSES = {
@@ -20,6 +26,18 @@ CLASSES = {
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2_5_VLForConditionalGeneration"),
     "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "Idefics3ForConditionalGeneration"),
     "internvl": ("InternVLProcessor", "GotOcr2ImageProcessor", "InternVLForConditionalGeneration"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3VLForConditionalGeneration"),
+    "qwen3_5": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3_5ForConditionalGeneration"),
+    "gemma3": ("Gemma3Processor", "Gemma3ImageProcessor", "Gemma3ForConditionalGeneration"),
+    "gemma4": ("Gemma4Processor", "Gemma4ImageProcessor", "Gemma4ForConditionalGeneration"),
+    "llava_onevision": (
+        "LlavaOnevisionProcessor",
+        "LlavaOnevisionImageProcessor",
+        "LlavaOnevisionForConditionalGeneration",
+    ),
+    "llava_next": ("LlavaNextProcessor", "LlavaNextImageProcessor", "LlavaNextForConditionalGeneration"),
+    "mllama": ("MllamaProcessor", "MllamaImageProcessor", "MllamaForConditionalGeneration"),
+    "mistral3": ("PixtralProcessor", "PixtralImageProcessor", "Mistral3ForConditionalGeneration"),
 }
 # End-of-turn token (= eos) and the family's other special tokens, under their real names.
 END_OF_TURN = {
@@ -27,6 +45,14 @@ END_OF_TURN = {
     "qwen2_5_vl": "<|im_end|>",
     "idefics3": "<end_of_utterance>",
     "internvl": "<|im_end|>",
+    "qwen3_vl": "<|im_end|>",
+    "qwen3_5": "<|im_end|>",
+    "gemma3": "<end_of_turn>",
+    "gemma4": "<turn|>",
+    "llava_onevision": "<|im_end|>",
+    "llava_next": "</s>",
+    "mllama": "<|eot_id|>",
+    "mistral3": "</s>",
 }
 SPECIAL_TOKENS = {
     "llava": ("<s>", "</s>", "<unk>", "<pad>", "<image>"),
@@ -59,17 +85,65 @@ SPECIAL_TOKENS = {
         "<ref>",
         "</box>",
     ),
+    "qwen3_vl": ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>"),
+    "qwen3_5": ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+    "gemma3": ("<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<image_soft_token>"),
+    "gemma4": ("<bos>", "<|turn>", "<turn|>", "<|image>", "<|image|>", "<image|>", "<|channel>", "<|video|>"),
+    "llava_onevision": ("<|im_start|>", "<|im_end|>", "<image>", "<video>"),
+    "llava_next": ("<s>", "</s>", "<unk>", "<pad>", "<image>"),
+    "mllama": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>"),
+    "mistral3": ("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"),
 }
+# Qwen3 tokens the templates write as text (tool calls, thinking), ordinary added tokens as in the real tokenizers.
+PLAIN_TOKENS = {family: ("<think>", "</think>", "<tool_call>") for family in ("qwen3_vl", "qwen3_5")}
 # What the chat template writes for one image, and how many image tokens the processor expands it to.
 PLACEHOLDER = {
     "llava": "<image>\n",
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
     "internvl": "<IMG_CONTEXT>\n",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen3_5": "<|vision_start|><|image_pad|><|vision_end|>",
+    "gemma3": "<start_of_image>",
+    "gemma4": "<|image|>",
+    "llava_onevision": "<image>\n",
+    "llava_next": "<image>\n",
+    "mllama": "<|image|>",
+    "mistral3": "[IMG]",
 }
-# InternVL tiles a 64x64 image into 2x2 tiles of 32 px plus a thumbnail, 4 tokens each.
-IMAGE_TOKENS_64PX = {"llava": 16, "qwen2_5_vl": 9, "idefics3": 16, "internvl": 20}
-TRL_TEMPLATES = ("qwen2_5_vl", "idefics3")
+# InternVL tiles a 64x64 image into 2x2 tiles of 32 px plus a thumbnail, 4 tokens each; LLaVA-NeXT/OneVision
+# give a base tile and one grid tile (16 features each) and a newline per grid row; Gemma 4 resizes to its
+# least budget of 70 soft tokens (8x8); Llama 3.2 Vision keeps one <|image|> (the image goes in by
+# cross-attention); Mistral 3 counts its [IMG] tokens (4 rows of 4), not the row breaks.
+IMAGE_TOKENS_64PX = {
+    "llava": 16,
+    "qwen2_5_vl": 9,
+    "idefics3": 16,
+    "internvl": 20,
+    "qwen3_vl": 16,
+    "qwen3_5": 16,
+    "gemma3": 16,
+    "gemma4": 64,
+    "llava_onevision": 36,
+    "llava_next": 36,
+    "mllama": 1,
+    "mistral3": 16,
+}
+# Families whose tiny model ships its checkpoints' template as TRL keeps it, which TRL swaps for a training one.
+TRL_TEMPLATES = ("qwen2_5_vl", "idefics3", "qwen3_vl", "qwen3_5", "gemma3", "llava_next")
+# The chat template each tiny model ships, and where it comes from (byte-identical copies of the checkpoints').
+SHIPPED_TEMPLATES = {
+    "qwen2_5_vl": _trl_chat_template("qwen2_5_vl"),
+    "idefics3": _trl_chat_template("smolvlm"),
+    "qwen3_vl": _trl_chat_template("qwen3_vl"),
+    "qwen3_5": _trl_chat_template("qwen3_5_nothink"),
+    "gemma3": _trl_chat_template("gemma3"),
+    "gemma4": _trl_chat_template("gemma4_v5"),
+    "llava_next": _trl_chat_template("llava_next"),
+    "llava_onevision": LLAVA_ONEVISION_CHAT_TEMPLATE,
+    "mllama": LLAMA_3_2_VISION_CHAT_TEMPLATE,
+    "mistral3": MISTRAL_SMALL_3_1_CHAT_TEMPLATE,
+}
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +197,11 @@ def test_reloads_with_real_classes_and_is_tiny(family: str, built: dict[str, Pat
 def test_special_tokens_and_eos(family: str, loaded: dict) -> None:
     model, processor = loaded[family]
     tokenizer = processor.tokenizer
-    for token in SPECIAL_TOKENS[family]:
+    for token in SPECIAL_TOKENS[family] + PLAIN_TOKENS.get(family, ()):
         assert tokenizer.encode(token, add_special_tokens=False) == [
             tokenizer.convert_tokens_to_ids(token)
         ], token
+    assert not set(PLAIN_TOKENS.get(family, ())) & set(tokenizer.all_special_tokens)
     eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
     assert tokenizer.eos_token == END_OF_TURN[family]
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos_id
@@ -209,6 +284,17 @@ def test_unknown_family_raises_naming_known_families(tmp_path: Path) -> None:
     assert "gpt4v" in str(error.value)
     assert all(family in str(error.value) for family in FAMILIES)
     assert not any(tmp_path.iterdir())
+
+
+def test_there_is_one_tiny_model_per_family_of_vlsafe_s_table() -> None:
+    assert FAMILIES == tuple(MODEL_FAMILIES)
+    assert all(variant in MODEL_FAMILIES["qwen3_5"].types for variant in VARIANTS)
+
+
+@pytest.mark.parametrize("family", sorted(SHIPPED_TEMPLATES))
+def test_the_shipped_chat_template_is_the_checkpoints_byte_for_byte(family: str, built: dict[str, Path]) -> None:
+    saved = (built[family] / "chat_template.jinja").read_bytes()
+    assert saved == SHIPPED_TEMPLATES[family].encode("utf-8")
 
 
 @pytest.mark.parametrize("family", TRL_TEMPLATES)
