@@ -37,8 +37,8 @@ from peft import get_peft_model
 from shapes import FAMILY, SHAPES, build_model, build_processor, tiny_checkpoint, write_vlguard_train
 
 from vlsafe.data.vlguard import load_vlguard
-from vlsafe.evaluation.generate import generate_records, prompt_messages
 from vlsafe.evaluation.engine import choose_batch_size
+from vlsafe.evaluation.generate import generate_records, prompt_messages
 from vlsafe.modeling import family_of, lora_config
 
 METHODS = {"loop": "per-sample generate loop", "engine": "vlsafe engine"}

@@ -9,7 +9,9 @@ from tests.hub_server import hub_server, start_session_hub  # noqa: F401  (pytes
 
 start_session_hub()
 
+import importlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -73,6 +75,32 @@ def real_vlguard_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         placeholder.save(path)
     return root
+
+
+# The family whose per-family recipe tests go through `accelerate launch` in a fresh process, as users run them;
+# the other families run the same recipe main in-process (a fresh interpreter costs ~20 s of imports per test).
+LAUNCHED_FAMILY = "llava"
+
+
+def recipe_command(recipe: str, argv: list[str]) -> list[str]:
+    """`accelerate launch` of recipes/<recipe>.py with `argv`, on one CPU process (recipes/accelerate/cpu.yaml)."""
+    return [
+        str(Path(sys.executable).parent / "accelerate"), "launch",
+        "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"), "--num_cpu_threads_per_process", "1",
+        str(REPO / f"recipes/{recipe}.py"), *argv,
+    ]  # fmt: skip
+
+
+def run_recipe(recipe: str, argv: list[str], family: str, cwd: Path, capsys, caplog) -> str:
+    """Run a recipe with `argv` and return what it logged and printed: through `accelerate launch` for
+    LAUNCHED_FAMILY, else its main in this process (the same parser and code, in accelerate's one CPU process)."""
+    if family == LAUNCHED_FAMILY:
+        result = run_checked(recipe_command(recipe, argv), cwd)
+        return result.stdout + result.stderr
+    module = importlib.import_module(f"vlsafe.recipes.{recipe}")
+    caplog.set_level(logging.INFO)
+    module.main(*module.make_parser().parse_args_and_config(argv))
+    return capsys.readouterr().out + caplog.text
 
 
 def run_checked(

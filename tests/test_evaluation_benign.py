@@ -11,11 +11,11 @@ from tests.test_judge_api import Reply, StubServer
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.benchmarks import load_benchmark
 from vlsafe.evaluation.config import EvaluationConfig
+from vlsafe.evaluation.metrics.proportions import wilson_interval
 from vlsafe.evaluation.prompts import load_suite
+from vlsafe.evaluation.report import format_table
 from vlsafe.evaluation.run import run_evaluation
 from vlsafe.evaluation.scores import compute_metrics
-from vlsafe.evaluation.metrics.proportions import wilson_interval
-from vlsafe.evaluation.report import format_table
 from vlsafe.fixtures.mis_data import MISTestSizes, write_synthetic_mis_general, write_synthetic_mis_test
 
 

@@ -17,11 +17,11 @@ from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import generate_records
-from vlsafe.evaluation.run import run_evaluation
 from vlsafe.evaluation.judges.keyword import is_refusal
 from vlsafe.evaluation.judges.verdicts import cohen_kappa, parse_preference, parse_safety
 from vlsafe.evaluation.metrics import metric_path
 from vlsafe.evaluation.report import format_table
+from vlsafe.evaluation.run import run_evaluation
 from vlsafe.evaluation.store import RecordStore
 from vlsafe.modeling import load_model, load_processor
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, run_recipe
 from vlsafe.data.preferences import (
     PREFERENCE_FEATURES,
     REFUSAL_TEMPLATE,
@@ -99,16 +98,14 @@ def test_import_spavl_style_pairs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_one_dpo_step_per_family(family: str, tiny_models, synthetic_vlguard: Path, tmp_path: Path) -> None:
+def test_one_dpo_step_per_family(
+    family: str, tiny_models, synthetic_vlguard: Path, tmp_path: Path, capsys, caplog
+) -> None:
     out = tmp_path / "dpo"
-    run_checked(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
-         str(REPO / "recipes/dpo_safety.py"), "--config", str(REPO / "recipes/configs/tiny/dpo_safety.yaml"),
-         "--model_name_or_path", str(tiny_models[family]), "--dataset", str(synthetic_vlguard), "--sft_adapter", "",
-         "--max_prompts", "8", "--generation_max_new_tokens", "4", "--max_steps", "1", "--per_device_train_batch_size", "2",
-         "--output_dir", str(out), "--save_pairs", str(tmp_path)],
-        tmp_path,
-    )  # fmt: skip
+    argv = ["--config", str(REPO / "recipes/configs/tiny/dpo_safety.yaml"), "--model_name_or_path", str(tiny_models[family]),
+            "--dataset", str(synthetic_vlguard), "--sft_adapter", "", "--max_prompts", "8", "--generation_max_new_tokens", "4",
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--output_dir", str(out), "--save_pairs", str(tmp_path)]  # fmt: skip
+    run_recipe("dpo_safety", argv, family, tmp_path, capsys, caplog)
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and any(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)
     assert (tmp_path / "data/train-00000-of-00001.parquet").stat().st_size > 0

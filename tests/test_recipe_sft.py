@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, run_recipe
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import load_vlguard
@@ -20,49 +19,24 @@ from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
 from vlsafe.training import ModelArguments, build_sft_trainer
 
 
-def run_recipe(model: Path, vlguard: Path, helpful: Path, out: Path, *extra: str):
-    """The recipe as users launch it: accelerate launch + the tiny YAML config + CLI overrides."""
-    command = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--config_file",
-        str(REPO / "recipes/accelerate/cpu.yaml"),
-        "--num_cpu_threads_per_process",
-        "1",
-        str(REPO / "recipes/sft_vlguard.py"),
-        "--config",
-        str(REPO / "recipes/configs/tiny/sft_vlguard.yaml"),
-        "--model_name_or_path",
-        str(model),
-        "--dataset",
-        str(vlguard),
-        "--helpful_dataset",
-        str(helpful),
-        "--helpful_samples",
-        "4",
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "2",
-        "--logging_steps",
-        "1",
-        "--warmup_steps",
-        "0",
-        *extra,
-    ]
-    return run_checked(command, cwd=out.parent)
+def recipe_argv(model: Path, vlguard: Path, helpful: Path, out: Path) -> list[str]:
+    """The tiny YAML config + CLI overrides: one step of batch 2 on VLGuard + 4 helpfulness samples."""
+    return [
+        "--config", str(REPO / "recipes/configs/tiny/sft_vlguard.yaml"), "--model_name_or_path", str(model),
+        "--dataset", str(vlguard), "--helpful_dataset", str(helpful), "--helpful_samples", "4",
+        "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2",
+        "--logging_steps", "1", "--warmup_steps", "0",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_sft_step_trains_lora_on_the_language_model_only(
-    family: str, tiny_models, synthetic_vlguard: Path, synthetic_helpful: Path, tmp_path: Path
+    family: str, tiny_models, synthetic_vlguard: Path, synthetic_helpful: Path, tmp_path: Path, capsys, caplog
 ) -> None:
     out = tmp_path / "out"
-    result = run_recipe(tiny_models[family], synthetic_vlguard, synthetic_helpful, out)
-    assert "'loss'" in result.stdout + result.stderr
+    argv = recipe_argv(tiny_models[family], synthetic_vlguard, synthetic_helpful, out)
+    assert "'loss'" in run_recipe("sft_vlguard", argv, family, tmp_path, capsys, caplog)
 
     adapter = load_file(out / "adapter_model.safetensors")
     language_model = MODEL_FAMILIES[family].language_model
