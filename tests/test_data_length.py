@@ -1,6 +1,6 @@
 """Token counting for the length filter: the size-based count equals what TRL's collator feeds the model,
-for every tiny family, one or two images of assorted sizes (EXIF-turned included), and falls back to the
-full processor when the two disagree."""
+for every tiny family, one or two images of assorted sizes (EXIF-turned included) or none, and falls back to
+the full processor when the two disagree."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ SIZES = [(40, 40), (90, 30), (30, 120), (200, 150), (17, 61)]
 
 @pytest.fixture(scope="module")
 def mixed_dataset(tmp_path_factory: pytest.TempPathFactory):
-    """One- and two-image conversations over images of assorted sizes; one JPEG is EXIF-turned by 90 deg."""
+    """One- and two-image conversations over images of assorted sizes (one JPEG is EXIF-turned by 90 deg), and
+    a text-only one."""
     root = tmp_path_factory.mktemp("length-images")
     paths = []
     for index, size in enumerate(SIZES):
@@ -49,7 +50,14 @@ def mixed_dataset(tmp_path_factory: pytest.TempPathFactory):
                 "subcategory": None,
             }
         )
-    return vision_dataset(rows)
+    # A text-only conversation too (helpfulness data has them), batched with the image ones.
+    text_only = {
+        **rows[0],
+        "images": [],
+        "id": "text",
+        "messages": [user_turn("hi", images=0), assistant_turn("yo")],
+    }
+    return vision_dataset([text_only, *rows])  # first: a batch that starts without an image
 
 
 def collator_lengths(dataset, processor) -> list[int]:

@@ -362,13 +362,15 @@ def assemble_sft_trainer(
         fitting = [n for n in lengths if training_args.max_length is None or n <= training_args.max_length]
         choose_and_apply(training_args, model, peft_config, longest_sample=max(fitting, default=0))
     training_args.model_init_kwargs = None  # applied when the model was loaded; TRL would call them ignored
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
     )
+    fit_collator_to_mllama(trainer, processor)
+    return trainer
 
 
 def pair_lengths(pairs: Dataset, processor: ProcessorMixin) -> list[int]:
@@ -424,13 +426,50 @@ def build_dpo_trainer(
         processing_class=processor,
         peft_config=peft_config,
     )
-    if (
-        "cross_attention_mask" in processor.model_input_names
-    ):  # mllama: images reach the LM by cross-attention
-        trainer.data_collator = CrossAttentionPreferenceCollator(
-            trainer.data_collator, processor.image_token_id
-        )
+    fit_collator_to_mllama(trainer, processor)
     return trainer
+
+
+def fit_collator_to_mllama(trainer: SFTTrainer | DPOTrainer, processor: ProcessorMixin) -> None:
+    """Wrap the trainer's TRL collator, in place, where mllama needs it (a no-op for other processors): batches
+    may mix examples with and without images (`MixedImageBatchCollator`), and DPO batches get a cross-attention
+    mask over the whole sequence (`CrossAttentionPreferenceCollator`)."""
+    if type(processor).__name__ != "MllamaProcessor":
+        return
+    collator = MixedImageBatchCollator(trainer.data_collator)
+    if isinstance(trainer, DPOTrainer):
+        collator = CrossAttentionPreferenceCollator(collator, processor.image_token_id)
+    trainer.data_collator = collator
+
+
+@dataclass
+class MixedImageBatchCollator:
+    """A TRL vision collator made to take mllama batches that mix examples with and without images.
+
+    MllamaImageProcessor (transformers 5.23) fails on such a batch when its first example has no image
+    (`pad_batches_and_tiles`), and its `aspect_ratio_ids` / `aspect_ratio_mask` stop at the last example with
+    an image (`reorder_images` forgets trailing empty ones). So the examples with images go first (the order
+    within a batch changes neither the loss nor, for DPO, which answers pair up), and the missing trailing rows
+    get what mllama gives any missing image: aspect ratio id 0, the first tile unmasked. Their cross-attention
+    mask is all zero already, so those rows never see an image.
+    """
+
+    collator: Any
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(sorted(examples, key=lambda example: not _has_images(example)))
+        rows = len(batch["input_ids"])
+        for key in ("aspect_ratio_ids", "aspect_ratio_mask"):
+            if key in batch and len(batch[key]) < rows:
+                missing = batch[key].new_zeros((rows - len(batch[key]), *batch[key].shape[1:]))
+                if key == "aspect_ratio_mask":
+                    missing[..., 0] = 1
+                batch[key] = torch.cat([batch[key], missing])
+        return batch
+
+
+def _has_images(example: dict[str, Any]) -> bool:
+    return bool(example.get("images") or example.get("image"))
 
 
 @dataclass

@@ -63,16 +63,24 @@ def processed_lengths(
             prepare_multimodal_messages(messages, images=images)
             for messages, images in zip(batch["messages"], batch["images"], strict=True)
         ]
-        encoded = processor.apply_chat_template(
-            conversations,
-            chat_template=chat_template,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            # The collator's settings: no special tokens added twice, right padding (masked, not counted).
-            processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False},
-        )
-        lengths += encoded["attention_mask"].sum(dim=1).tolist()
+        counts = [0] * len(conversations)
+        # Samples with and without images apart: mllama's image processor cannot take them in one batch.
+        for with_images in (True, False):
+            group = [i for i, images in enumerate(batch["images"]) if bool(images) == with_images]
+            if not group:
+                continue
+            encoded = processor.apply_chat_template(
+                [conversations[i] for i in group],
+                chat_template=chat_template,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                # The collator's settings: no special tokens added twice, right padding (masked, not counted).
+                processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False},
+            )
+            for i, count in zip(group, encoded["attention_mask"].sum(dim=1).tolist(), strict=True):
+                counts[i] = count
+        lengths += counts
     return lengths
 
 
