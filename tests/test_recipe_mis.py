@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 from trl import SFTConfig
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, run_recipe
 
 # Session fixtures shared with test_data_mis (imported so pytest finds them; parameters reuse their names).
 from tests.test_data_mis import synthetic_mis_general, synthetic_mis_train  # noqa: F401
@@ -24,39 +23,48 @@ from vlsafe.fixtures import FAMILIES
 from vlsafe.modeling import FAMILIES as MODEL_FAMILIES
 from vlsafe.training import ModelArguments, build_sft_trainer
 
+# Where 150 tokens would not cut through the mix (its samples are 178-261 tokens for gemma4, whose image processor
+# gives each image at least ~66 soft tokens; 47-130 for mllama, one <|image|> token per image): a length inside
+# the family's range, so some samples are left out and some train.
+MIS_MAX_LENGTH = {"gemma4": 250, "mllama": 120}
 
-def run_recipe(model: Path, mis_train: Path, general: Path, out: Path, *extra: str):
-    """The recipe as users launch it: accelerate launch + the tiny YAML config + CLI overrides."""
-    command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch",
-        "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"), "--num_cpu_threads_per_process", "1",
-        str(REPO / "recipes/sft_mis.py"), "--config", str(REPO / "recipes/configs/tiny/sft_mis.yaml"),
+
+def recipe_argv(model: Path, mis_train: Path, general: Path, out: Path, *extra: str) -> list[str]:
+    """The tiny YAML config + CLI overrides: one step of batch 2, general share 0.25."""
+    return [
+        "--config", str(REPO / "recipes/configs/tiny/sft_mis.yaml"),
         "--model_name_or_path", str(model), "--dataset", str(mis_train),
         "--general_dataset", str(general / "train.json"), "--general_ratio", "0.25",
         "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--logging_steps", "1", "--warmup_steps", "0",
         *extra,
     ]  # fmt: skip
-    return run_checked(command, cwd=out.parent)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_sft_step_on_image_pairs_per_family(
-    family: str, tiny_models, synthetic_mis_train: Path, synthetic_mis_general: Path, tmp_path: Path
+    family: str,
+    tiny_models,
+    synthetic_mis_train: Path,
+    synthetic_mis_general: Path,
+    tmp_path: Path,
+    capsys,
+    caplog,
 ) -> None:
     out = tmp_path / "out"
     # 24 MIS samples at ratio 0.25 draw 8 general ones; max_length cuts through the longest samples.
-    result = run_recipe(
-        tiny_models[family], synthetic_mis_train, synthetic_mis_general, out, "--max_length", "150"
+    max_length = MIS_MAX_LENGTH.get(family, 150)
+    argv = recipe_argv(
+        tiny_models[family], synthetic_mis_train, synthetic_mis_general, out, "--max_length", str(max_length)
     )
-    log = result.stdout + result.stderr
+    log = run_recipe("sft_mis", argv, family, tmp_path, capsys, caplog)
     assert "'loss'" in log and "Mixture: 24 safety + 8 helpfulness samples" in log
-    dropped = re.search(r"Left out (\d+) of 32 samples longer than max_length=150 tokens", log)
+    dropped = re.search(rf"Left out (\d+) of 32 samples longer than max_length={max_length} tokens", log)
     assert dropped and 0 < int(dropped[1]) < 32, log[-3000:]
 
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["recipe"] == "sft_mis" and summary["training"]["max_length"] == 150
+    assert summary["recipe"] == "sft_mis" and summary["training"]["max_length"] == max_length
     assert summary["samples"]["total"] == 32 - int(dropped[1])
     assert [d["role"] for d in summary["datasets"]] == ["safety", "helpfulness"]
     assert summary["datasets"][1]["samples"] == 8

@@ -142,15 +142,7 @@ def hold_out_prompts(
         for index in chosen[side]:
             row = dataset[index]
             messages, images = first_user_turn(row["messages"], row["images"])
-            prompts.append(
-                {
-                    "messages": messages,
-                    "images": images,
-                    "harmful": side,
-                    "id": row["id"],
-                    "kind": row["kind"],
-                }
-            )
+            prompts.append(_prompt(messages, images, side, row["id"], row["kind"]))
     extra = len(held_out) - harmful - safe
     logger.info(
         "Safety curve: %d harmful + %d safe prompts held out of %d training samples (%d more samples of the same "
@@ -162,6 +154,11 @@ def hold_out_prompts(
     )
     kept = [index for index in range(len(dataset)) if index not in held_out]
     return dataset.select(kept), prompts
+
+
+def _prompt(messages: list, images: list, harmful: bool, prompt_id: str, kind: str) -> dict[str, Any]:
+    """A safety-curve prompt: one user turn and its images, whether it is harmful, its id and kind (or subset)."""
+    return {"messages": messages, "images": images, "harmful": harmful, "id": prompt_id, "kind": kind}
 
 
 def benchmark_prompts(
@@ -184,16 +181,7 @@ def benchmark_prompts(
                 "harmful" if side else "safe",
                 wanted,
             )
-        prompts += [
-            {
-                "messages": row["messages"],
-                "images": row["images"],
-                "harmful": side,
-                "id": row["id"],
-                "kind": row["subset"],
-            }
-            for row in picked
-        ]
+        prompts += [_prompt(row["messages"], row["images"], side, row["id"], row["subset"]) for row in picked]
     if not prompts:
         raise DataError(
             f"The benchmark {name} gave no prompts for the safety curve: check its source {source}."
