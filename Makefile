@@ -79,8 +79,11 @@ FOLDER ?= $(DEMO)/sft_vlguard
 publish: $(VENV)/.installed
 	$(BIN)/python -m vlsafe.publish --folder $(FOLDER) --repo_id $(REPO) $(if $(BASE_REPO),--base_model_repo $(BASE_REPO))
 
+# One pytest-xdist worker per core (a test file stays in one worker, so its module fixtures are built once);
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

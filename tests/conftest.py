@@ -14,16 +14,25 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from vlsafe.fixtures import FAMILIES, build_tiny_vlm, write_synthetic_sharegpt, write_synthetic_vlguard
 
 REPO = Path(__file__).resolve().parents[1]
+
+# `make test` runs the suite in parallel workers (pytest-xdist, one per core): each worker, and every process its
+# tests start, uses its share of the cores instead of all of them (oversubscribed threads slow everyone down).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 SHARED_VLGUARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard" / "train.json"
 
 
@@ -101,6 +110,22 @@ def run_recipe(recipe: str, argv: list[str], family: str, cwd: Path, capsys, cap
     caplog.set_level(logging.INFO)
     module.main(*module.make_parser().parse_args_and_config(argv))
     return capsys.readouterr().out + caplog.text
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (for servers and torchrun rendezvous of parallel test workers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """torchrun for `processes` local processes on a free rendezvous port: the default one (29500) would be shared
+    by two tests running at once in `make test`'s parallel workers."""
+    return [
+        str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes),
+        "--master_port", str(free_port()),
+    ]  # fmt: skip
 
 
 def run_checked(

@@ -11,7 +11,7 @@ from pathlib import Path
 import evaluate
 import pytest
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, run_checked, torchrun
 from tests.test_judge_api import Reply, StubServer
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import VlsafeError
@@ -201,7 +201,7 @@ def test_data_parallel_run_matches_single_process(demo_run: Path, tmp_path: Path
     )
     # Two CPU processes via torchrun (accelerate launch --cpu always runs one); on GPUs: accelerate launch --multi_gpu.
     run_checked(
-        [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", str(REPO / "recipes/evaluate_safety.py"),
+        [*torchrun(2), str(REPO / "recipes/evaluate_safety.py"),
          *args, "--output_dir", "parallel"],
         tmp_path,
         env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, run_checked, torchrun
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.generate import defuse_placeholders, process_state
 from vlsafe.evaluation.judges.model import ModelJudge
@@ -77,7 +77,7 @@ def test_data_parallel_judges_match_one_process(
     run_checked([sys.executable, recipe, *args, "--output_dir", "single"], tmp_path, timeout=600)
     # Two CPU processes; a judge that made a collective call in one process only would hang until the timeout.
     launched = run_checked(
-        [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", recipe, *args,
+        [*torchrun(2), recipe, *args,
          "--output_dir", "parallel"],
         tmp_path,
         timeout=600,

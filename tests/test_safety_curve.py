@@ -4,7 +4,6 @@ curve of the demo (ASR falls while training) is tested with the demo, tests/test
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from peft import get_peft_model_state_dict
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, run_checked, torchrun
 from vlsafe.data.mixture import mix_with_helpfulness
 from vlsafe.data.sharegpt import load_sharegpt
 from vlsafe.data.vlguard import load_vlguard
@@ -134,7 +133,7 @@ def test_curve_under_ddp(
     """Two CPU processes (torchrun, as on GPUs with accelerate launch --multi_gpu): each answers its share of an
     uneven number of prompts, the verdicts are gathered, training goes on, and the main process writes the curve."""
     run_checked(
-        [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", str(REPO / "recipes/sft_vlguard.py"),
+        [*torchrun(2), str(REPO / "recipes/sft_vlguard.py"),
          "--config", str(REPO / "recipes/configs/tiny/sft_vlguard.yaml"), "--model_name_or_path", str(tiny_models["llava"]),
          "--dataset", str(synthetic_vlguard), "--helpful_dataset", str(synthetic_helpful), "--helpful_samples", "4",
          "--output_dir", "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2", "--safety_curve", "true", "--safety_curve_harmful", "3",

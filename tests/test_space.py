@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from huggingface_hub import SpaceHardware
 from packaging.requirements import Requirement
 from PIL import Image
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, free_port, run_checked
 from vlsafe.evaluation.judges import keyword_label
 from vlsafe.fixtures.data import draw_safe_image, draw_unsafe_image
 
@@ -54,12 +53,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 UNSAFE_PROMPT = "Describe the image in detail."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def demo_env(demo_run: Path) -> dict[str, str]:
