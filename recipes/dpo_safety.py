@@ -34,6 +34,14 @@ from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.generate import generate_records, process_state
 from vlsafe.evaluation.judges.keyword import keyword_label
 from vlsafe.evaluation.store import RecordStore, weights_fingerprint
+from vlsafe.evaluation.vllm_engine import (
+    VllmGenerator,
+    VllmSettings,
+    check_adapter,
+    check_max_pixels,
+    require_vllm,
+)
+from vlsafe.modeling import load_processor
 from vlsafe.safety_curve import SafetyCurveArguments, add_safety_curve, benchmark_prompts, hold_out_prompts
 from vlsafe.training import (
     DatasetRef,
@@ -70,9 +78,31 @@ class DPOSafetyArguments(SafetyCurveArguments, ImageDataArguments):
         default=True, metadata={"help": "Reject the policy's own answers (else synthetic/template)."}
     )
     generation_batch_size: int = field(
-        default=16, metadata={"help": "Batch size of the on-policy generation."}
+        default=16,
+        metadata={
+            "help": "Batch size of the on-policy generation (transformers engine; vLLM batches itself)."
+        },
     )
     generation_max_new_tokens: int = field(default=128, metadata={"help": "Length cap of on-policy answers."})
+    generation_engine: str = field(
+        default="transformers",
+        metadata={
+            "help": "Engine of the on-policy answers: transformers, or vllm (pip install 'vlsafe[vllm]'): one vLLM "
+            "engine with the base weights, sft_adapter applied per request; it runs before the policy loads for "
+            "training and frees the accelerator when done."
+        },
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1,
+        metadata={"help": "generation_engine vllm: GPUs one engine spans (one engine per process)."},
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.9,
+        metadata={"help": "generation_engine vllm: share of each GPU's memory the engine may take."},
+    )
+    vllm_max_model_len: int | None = field(
+        default=None, metadata={"help": "generation_engine vllm: longest prompt + answer in tokens."}
+    )
     synthetic_compliance: str | None = field(
         default=SYNTHETIC_COMPLIANCE,
         metadata={"help": "Rejected answer for refused harmful prompts; empty: skip them."},
@@ -110,6 +140,8 @@ def policy_answers(
         "dataset": data_args.dataset,
         "max_new_tokens": data_args.generation_max_new_tokens,
     }
+    if data_args.generation_engine == "vllm":  # not mixed with the other engine's answers (near-ties differ)
+        settings["engine"] = "vllm"
     store = RecordStore(
         Path(training_args.output_dir) / "pair_generations",
         "policy",
@@ -117,16 +149,80 @@ def policy_answers(
         rank=process_state().process_index,
         restart_if_stale=True,  # answers of another policy (e.g. a retrained SFT adapter) are of no use
     )
-    records = generate_records(
-        model,
-        processor,
-        rows,
-        [f"{row['id']}/{row['kind']}" for row in rows],  # a VLGuard image has one sample per kind
-        store=store,
-        batch_size=data_args.generation_batch_size,
-        max_new_tokens=data_args.generation_max_new_tokens,
-    )
+    keys = [f"{row['id']}/{row['kind']}" for row in rows]  # a VLGuard image has one sample per kind
+    if data_args.generation_engine == "vllm":
+        records = vllm_policy_records(rows, keys, store, data_args, training_args, model_args)
+    else:
+        records = generate_records(
+            model,
+            processor,
+            rows,
+            keys,
+            store=store,
+            batch_size=data_args.generation_batch_size,
+            max_new_tokens=data_args.generation_max_new_tokens,
+        )
     return [record["generation"] for record in records]
+
+
+def vllm_policy_records(
+    rows: list[dict],
+    keys: list[str],
+    store: RecordStore,
+    data_args: DPOSafetyArguments,
+    training_args: DPOConfig,
+    model_args: ModelConfig,
+) -> list[dict]:
+    """The policy's answers from one vLLM engine: the base weights, with the SFT adapter (checked to be one vLLM
+    applies in full) on every request; the prompt rendered by the processor training uses. The engine starts only
+    when answers are missing from `store`, and is shut down before training loads the policy."""
+    base, adapter = model_args.model_name_or_path, data_args.sft_adapter or None
+    trust_remote_code = training_args.trust_remote_code
+    processor = load_processor(
+        adapter or base,
+        revision=None if adapter else model_args.model_revision,
+        max_pixels=data_args.max_pixels,
+        trust_remote_code=trust_remote_code,
+    )
+    if all(key in store for key in keys):
+        return [store.get(key) for key in keys]
+    checked = check_adapter(adapter, base, trust_remote_code=trust_remote_code) if adapter else None
+    generator = VllmGenerator(
+        base,
+        max_new_tokens=data_args.generation_max_new_tokens,
+        images_per_prompt=max((len(row.get("images") or []) for row in rows), default=0),
+        adapter=checked,
+        dtype=model_args.dtype or "auto",
+        trust_remote_code=trust_remote_code,
+        layout=VllmSettings(
+            data_args.vllm_tensor_parallel_size,
+            data_args.vllm_gpu_memory_utilization,
+            data_args.vllm_max_model_len,
+        ),
+        max_pixels=data_args.max_pixels,
+    )
+    try:
+        return generator.records(rows, keys, store, processor, tuned=adapter is not None)
+    finally:
+        generator.close()
+
+
+def check_generation_engine(data_args: DPOSafetyArguments, model_args: ModelConfig) -> None:
+    """Refuse generation settings whose answers would not be the trained policy's, naming the fix."""
+    if data_args.generation_engine not in ("transformers", "vllm"):
+        raise VlsafeError(
+            f"Unknown generation_engine {data_args.generation_engine!r}; choose transformers or vllm."
+        )
+    if data_args.generation_engine != "vllm" or not data_args.on_policy or data_args.preference_file:
+        return
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise VlsafeError(
+            "generation_engine vllm answers with the unquantized weights, while this run trains a quantized "
+            "policy (load_in_4bit / load_in_8bit): its pairs would not be on-policy. Use generation_engine "
+            "transformers."
+        )
+    require_vllm()
+    check_max_pixels(model_args.model_name_or_path, data_args.max_pixels)
 
 
 def preference_pairs(
@@ -188,11 +284,17 @@ def main(data_args: DPOSafetyArguments, training_args: DPOConfig, model_args: Mo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = training_args.hub_token  # for push_pairs: take_over_hub_push moves it out of the arguments
     hub_target = take_over_hub_push(training_args)  # vlsafe publishes the finished folder, in one commit
+    check_generation_engine(data_args, model_args)
+    # vLLM takes the accelerator's memory for its engine: it answers (and is shut down) before the policy loads.
+    pairs_first = data_args.generation_engine == "vllm"
+    if pairs_first:
+        pairs, curve = preference_pairs(None, None, data_args, training_args, model_args)
     adapter = data_args.sft_adapter or None  # continued: TRL keeps a frozen copy of it as the reference
     model, processor, peft_config = load_for_training(
         model_args, training_args, max_pixels=data_args.max_pixels, processor_source=adapter, adapter=adapter
     )
-    pairs, curve = preference_pairs(model, processor, data_args, training_args, model_args)
+    if not pairs_first:
+        pairs, curve = preference_pairs(model, processor, data_args, training_args, model_args)
     if data_args.save_pairs or data_args.push_pairs:
         folder = data_args.save_pairs or f"{training_args.output_dir}/pairs"
         source = data_args.preference_file or data_args.dataset
@@ -224,6 +326,7 @@ def run_record(data_args: DPOSafetyArguments, model_args: ModelConfig) -> RunRec
         settings = {
             "on_policy": data_args.on_policy,
             "generation_max_new_tokens": data_args.generation_max_new_tokens,
+            "generation_engine": data_args.generation_engine,
             "synthetic_compliance": data_args.synthetic_compliance or None,
             "harmful_fraction": data_args.harmful_fraction,
         }

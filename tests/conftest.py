@@ -10,6 +10,7 @@ from tests.hub_server import hub_server, start_session_hub  # noqa: F401  (pytes
 start_session_hub()
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +35,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 SHARED_VLGUARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard" / "train.json"
+# The vLLM tests run in the environment `make vllm-env` builds (vLLM's CPU build), or on a GPU machine with
+# `pip install -e '.[vllm,dev]'`: .venv-vllm/bin/python -m pytest -k vllm tests/
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(
+    not HAS_VLLM, reason="vLLM is not installed: make vllm-env, then run with .venv-vllm"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +161,39 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root,
     )  # fmt: skip
     return root
+
+
+# -- vLLM fixtures ---------------------------------------------------------------------------------------------
+
+
+def save_adapter(base: Path, out: Path, lora, *, scale: float = 0.5, seed: int = 0) -> Path:
+    """A LoRA adapter on `base` with random non-zero B matrices (so it changes the answers), saved to `out`."""
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base), lora)
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    model.save_pretrained(out)
+    return out
+
+
+def default_lora(base: Path, r: int = 8):
+    """vlsafe's default LoRA (the language model's projections) for the model in `base`."""
+    from transformers import AutoConfig
+
+    from vlsafe.modeling import family_of, lora_config
+
+    return lora_config(family_of(AutoConfig.from_pretrained(base).model_type), r=r, alpha=2 * r, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def vllm_llava(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny LLaVA that vLLM serves (vlsafe.fixtures.vllm_models) and a random non-zero LoRA adapter on it."""
+    from vlsafe.fixtures.vllm_models import build_vllm_tiny_vlm
+
+    root = tmp_path_factory.mktemp("vllm-llava")
+    base = build_vllm_tiny_vlm("llava", root / "llava")
+    return base, save_adapter(base, root / "llava-lora", default_lora(base))

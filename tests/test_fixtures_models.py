@@ -292,7 +292,9 @@ def test_there_is_one_tiny_model_per_family_of_vlsafe_s_table() -> None:
 
 
 @pytest.mark.parametrize("family", sorted(SHIPPED_TEMPLATES))
-def test_the_shipped_chat_template_is_the_checkpoints_byte_for_byte(family: str, built: dict[str, Path]) -> None:
+def test_the_shipped_chat_template_is_the_checkpoints_byte_for_byte(
+    family: str, built: dict[str, Path]
+) -> None:
     saved = (built[family] / "chat_template.jinja").read_bytes()
     assert saved == SHIPPED_TEMPLATES[family].encode("utf-8")
 

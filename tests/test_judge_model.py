@@ -3,6 +3,7 @@ with the same verdicts, in the same order, as one process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -12,11 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, run_checked, torchrun
+from tests.conftest import REPO, needs_vllm, run_checked, torchrun
 from vlsafe.errors import VlsafeError
+from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.generate import defuse_placeholders, process_state
 from vlsafe.evaluation.judges.model import ModelJudge
 from vlsafe.evaluation.judges.verdicts import PreferenceItem, SafetyItem
+from vlsafe.evaluation.judging import judge_settings
 from vlsafe.fixtures.guards import build_tiny_guard, script_replies
 
 JUDGE_REPLIES = ("A", "B", "tie", "safe", "unsafe")  # what the scripted tiny judge may answer
@@ -106,3 +109,46 @@ def _samples(output_dir: Path) -> list[dict]:
 
 def _verdicts(samples: list[dict]) -> list[tuple]:
     return [(s["subset"], s["id"], s["verdicts"]["model"], s["verdicts"]["llama_guard"]) for s in samples]
+
+
+def test_model_judge_engine_is_named_in_its_store_and_unknown_ones_are_refused(
+    scripted_judge: Path, tmp_path: Path
+) -> None:
+    config = EvaluationConfig(base_model="base", judge_model=str(scripted_judge), output_dir=str(tmp_path))
+    assert "engine" not in judge_settings(
+        "model", config
+    )  # the transformers judge: stores of earlier runs fit
+    assert judge_settings("model", dataclasses.replace(config, engine="vllm"))["engine"] == "vllm"
+    assert "engine" not in judge_settings(
+        "model", dataclasses.replace(config, engine="vllm", judge_engine="transformers")
+    )
+    assert "engine" not in judge_settings("llama_guard", dataclasses.replace(config, engine="vllm"))
+    with pytest.raises(VlsafeError, match="Unknown judge engine 'tgi'"):
+        ModelJudge(str(scripted_judge), engine="tgi")
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_model_judge_on_vllm_says_what_the_transformers_judge_says(
+    vllm_llava, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes most of the memory
+    judge_model, _ = vllm_llava
+    images = []
+    for index, colour in enumerate([(0, 90, 200), (200, 30, 0)]):
+        images.append(tmp_path / f"{index}.png")
+        Image.new("RGB", (48, 40), colour).save(images[-1])
+    items = [SafetyItem(f"Question {i}?", f"Answer {i} <image>.", (str(images[i % 2]),)) for i in range(4)]
+    items.append(SafetyItem("Compare them.", "They differ.", tuple(map(str, images))))  # two images: MIS
+    preference = [PreferenceItem(f"Q{i}?", "a", "ref", f"id-{i}", (str(images[0]),)) for i in range(3)]
+
+    expected = ModelJudge(str(judge_model), dtype="float32", max_new_tokens=16)
+    expected_safety, expected_preference = expected.judge_safety(items), expected.judge_preference(preference)
+    expected.close()
+    judge = ModelJudge(str(judge_model), dtype="float32", max_new_tokens=16, engine="vllm")
+    assert judge.model is None  # no transformers copy of the judge is loaded
+    assert judge.judge_safety(items) == expected_safety  # raw replies too: word for word
+    assert judge.generator.images_per_prompt == 2  # the engine's limit came from the items
+    assert judge.judge_preference(preference) == expected_preference
+    judge.close()
+    assert judge.generator is None

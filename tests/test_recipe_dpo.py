@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 from trl import DPOConfig, TrlParser
 
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_vllm
 from vlsafe.data.preferences import build_preference_pairs
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import DataError, VlsafeError
@@ -230,3 +231,63 @@ def test_dpo_trainer_drops_too_long_pairs_and_chooses_speed_settings(
     training_args.max_length = 5
     with pytest.raises(DataError, match="All .* samples are longer than max_length=5"):
         build_dpo_trainer(pairs, training_args, model_args, model, processor, peft_config, auto_speed=False)
+
+
+def test_dpo_refuses_generation_engines_whose_pairs_would_not_be_on_policy(
+    tiny_models, synthetic_vlguard: Path, tmp_path: Path
+) -> None:
+    model = tiny_models["llava"]
+    with pytest.raises(VlsafeError, match="Unknown generation_engine 'tgi'; choose transformers or vllm"):
+        DPO.main(*parse(model, synthetic_vlguard, tmp_path, "--generation_engine", "tgi"))
+    data_args, _, model_args = parse(
+        model, synthetic_vlguard, tmp_path, "--generation_engine", "vllm", "--load_in_4bit", "true"
+    )
+    with pytest.raises(VlsafeError, match="trains a quantized policy") as error:
+        DPO.check_generation_engine(data_args, model_args)
+    assert "generation_engine transformers" in str(error.value)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_dpo_on_policy_answers_on_vllm_equal_the_transformers_engines(
+    vllm_llava, synthetic_vlguard: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes most of the memory
+    base, adapter = vllm_llava
+    sft = shutil.copytree(adapter, tmp_path / "sft")
+    load_processor(str(base)).save_pretrained(sft)  # an SFT output folder holds its processor
+    flags = ("--sft_adapter", str(sft), "--generation_max_new_tokens", "12")
+    expected = run(base, synthetic_vlguard, tmp_path / "transformers", *flags)
+    seen = {}
+
+    class Recording(DPO.VllmGenerator):  # the real engine; what it was started with is read before it closes
+        def close(self) -> None:
+            seen["max_model_len"] = self.llm.llm_engine.model_config.max_model_len
+            super().close()
+
+    monkeypatch.setattr(DPO, "VllmGenerator", Recording)
+    with caplog.at_level(logging.INFO):
+        vllm_flags = ("--generation_engine", "vllm", "--vllm_max_model_len", "1024")
+        summary = run(base, synthetic_vlguard, tmp_path / "vllm", *flags, *vllm_flags)
+    assert "Starting vLLM on" in caplog.text
+    assert seen == {"max_model_len": 1024}  # the flag reached the engine (the model allows 2048)
+    assert summary["recipe_settings"]["generation_engine"] == "vllm"
+
+    def stored(out: Path) -> tuple[dict, dict[str, dict]]:
+        """The store's header and its records by key (each engine stores in the order it finished)."""
+        header, *records = [
+            json.loads(line) for line in (out / "pair_generations" / "policy.rank0.jsonl").open()
+        ]
+        return header["header"], {record.pop("key"): record for record in records}
+
+    (tf_header, tf_records), (vllm_header, vllm_records) = (
+        stored(tmp_path / "transformers"),
+        stored(tmp_path / "vllm"),
+    )
+    assert vllm_header == tf_header | {"engine": "vllm"}
+    assert vllm_records == tf_records and len(vllm_records) == 8  # the policy's answers, record for record
+    assert summary["preference_pairs"] == expected["preference_pairs"]
+    # The answers are the adapter's: the base policy (a fresh LoRA, no SFT adapter) answers otherwise.
+    run(base, synthetic_vlguard, tmp_path / "base", "--generation_max_new_tokens", "12")
+    _, base_records = stored(tmp_path / "base")
+    assert sum(base_records[key] != vllm_records[key] for key in vllm_records) >= len(vllm_records) // 2

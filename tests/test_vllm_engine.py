@@ -4,62 +4,40 @@ transformers engine.
 The guard and record tests run everywhere. The equality tests need vLLM: they run in the environment
 `make vllm-env` builds (vLLM's CPU build), or on a GPU machine with `pip install -e '.[vllm,dev]'`:
 
-    .venv-vllm/bin/python -m pytest tests/test_vllm_engine.py -q
+    .venv-vllm/bin/python -m pytest -k vllm tests/ -q   # with DPO's pairs and the model judge on vLLM
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from tests.conftest import HAS_VLLM, default_lora, needs_vllm, save_adapter
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.engine import TransformersEngine, generate_suite, source_settings
+from vlsafe.evaluation.generate import answer_record
 from vlsafe.evaluation.prompts import load_suite
 from vlsafe.evaluation.store import RecordStore
 from vlsafe.evaluation.vllm_engine import (
     VllmEngine,
     _distribution_change,
     check_adapter,
-    generation_record,
     mixed_engine_settings,
+    processor_token_ids,
     vllm_prompt,
 )
 from vlsafe.fixtures.vllm_models import build_vllm_tiny_vlm
-from vlsafe.modeling import family_of, lora_config
 
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(
-    not HAS_VLLM, reason="vLLM is not installed: make vllm-env, then run with .venv-vllm"
-)
 # Families vLLM serves from these fixtures, on its CPU build here (each engine start takes minutes here).
 VLLM_FAMILIES = ("llava", "qwen2_5_vl", "idefics3", "internvl")
-
-
-def save_adapter(base: Path, out: Path, lora: LoraConfig, *, scale: float = 0.5, seed: int = 0) -> Path:
-    """A LoRA adapter on `base` with random non-zero B matrices (so it changes the answers), saved to `out`."""
-    model = AutoModelForImageTextToText.from_pretrained(base)
-    model = get_peft_model(model, lora)
-    generator = torch.Generator().manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * scale)
-    model.save_pretrained(out)
-    return out
-
-
-def default_lora(base: Path, r: int = 8) -> LoraConfig:
-    config = AutoModelForImageTextToText.from_pretrained(base).config
-    return lora_config(family_of(config.model_type), r=r, alpha=2 * r, dropout=0.0)
 
 
 # -- adapter guards (no vLLM needed) -------------------------------------------------------------------------
@@ -147,16 +125,16 @@ def test_vllm_fixture_has_vllm_sized_heads_and_the_hub_layout(tmp_path: Path) ->
 # -- records, prompts, probe (no vLLM needed) ----------------------------------------------------------------
 
 
-def test_generation_record_follows_the_transformers_engines_rules(tiny_models) -> None:
+def test_answer_record_counts_and_cuts_by_the_token_ids(tiny_models) -> None:
     processor = AutoProcessor.from_pretrained(tiny_models["llava"])
     tokenizer = processor.tokenizer
     eos, pad = {tokenizer.eos_token_id}, tokenizer.pad_token_id
     words = tokenizer.encode("The triangle is blue.", add_special_tokens=False)
-    ended = generation_record([*words, tokenizer.eos_token_id], processor, eos, pad)
+    ended = answer_record([*words, tokenizer.eos_token_id], processor, eos, pad)
     assert ended == {"generation": "The triangle is blue.", "new_tokens": len(words), "truncated": False}
-    cut = generation_record(words, processor, eos, pad)
+    cut = answer_record(words, processor, eos, pad)
     assert cut == {"generation": "The triangle is blue.", "new_tokens": len(words), "truncated": True}
-    padded = generation_record([words[0], pad, *words[1:]], processor, eos, pad)  # pads are not counted
+    padded = answer_record([words[0], pad, *words[1:]], processor, eos, pad)  # pads are not counted
     assert padded["new_tokens"] == len(words) and padded["generation"] == "The triangle is blue."
 
 
@@ -171,6 +149,24 @@ def test_vllm_prompt_is_the_processors_rendering_and_mirrors_its_bos_rule(tiny_m
     text_only = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi?"}]}], "images": []}
     prompt, tokenization = vllm_prompt(processor, text_only)
     assert prompt == {"prompt": "<s>USER: Hi? ASSISTANT:"} and tokenization == {"add_special_tokens": False}
+
+
+def test_vllm_prompt_defuses_placeholders_as_the_transformers_engine_does(tiny_models) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_models["llava"])
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    text = "What does <image> mean in a prompt?"  # a benchmark question that spells out the placeholder
+    row = {
+        "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+        "images": [image],
+    }
+    prompt, _ = vllm_prompt(processor, row)
+    assert prompt["prompt"] == "USER: <image>\nWhat does < image> mean in a prompt? ASSISTANT:"
+    plain = row | {
+        "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    }
+    image_tokens = processor_token_ids(processor, plain).count(processor.image_token_id)
+    assert image_tokens > 0  # one image's worth, not two (undefused, the processor counts a second image)
+    assert processor_token_ids(processor, row).count(processor.image_token_id) == image_tokens
 
 
 def test_distribution_change() -> None:

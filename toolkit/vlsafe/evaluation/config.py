@@ -121,10 +121,20 @@ class EvaluationConfig:
         },
     )
     judge_model: str | None = field(default=None, metadata={"help": "Local judge VLM for the `model` judge."})
+    judge_engine: str | None = field(
+        default=None,
+        metadata={
+            "help": "Engine of the `model` judge: transformers or vllm (tensor_parallel_size and "
+            "gpu_memory_utilization as for generation); default: `engine`. llama_guard runs on transformers."
+        },
+    )
     guard_model: str | None = field(
         default=None, metadata={"help": "Llama Guard checkpoint for the `llama_guard` judge."}
     )
-    judge_batch_size: int = field(default=8, metadata={"help": "Batch size of the `model` and `llama_guard` judges."})
+    judge_batch_size: int = field(
+        default=8,
+        metadata={"help": "Batch size of the `model` and `llama_guard` judges (on vLLM: its own batching)."},
+    )
     judge_api_base_url: str | None = field(
         default=None, metadata={"help": "OpenAI-compatible base URL, e.g. .../v1."}
     )

@@ -9,7 +9,7 @@ Batched answers equal batch-size-1 answers (tested), so batching is a pure speed
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ def defuse_placeholders(texts: Sequence[str], placeholders: Sequence[str]) -> tu
     return defused, sum(new != old for new, old in zip(defused, texts, strict=True))
 
 
-def _defused_prompts(processor: ProcessorMixin, prompts: list) -> list:
+def defused_prompts(processor: ProcessorMixin, prompts: list) -> list:
     """The prompts with spelled-out media placeholders in their text parts defused (logged when any was): a
     benchmark question that writes "<image>" would otherwise be counted as an image that is not there."""
     placeholders = media_placeholders(processor)
@@ -91,7 +91,7 @@ def _defused_prompts(processor: ProcessorMixin, prompts: list) -> list:
 @torch.inference_mode()
 def _generate_batch(model, processor, prompts: list, max_new_tokens: int) -> list[dict[str, Any]]:
     inputs = processor.apply_chat_template(
-        _defused_prompts(processor, prompts),
+        defused_prompts(processor, prompts),
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
@@ -101,20 +101,24 @@ def _generate_batch(model, processor, prompts: list, max_new_tokens: int) -> lis
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
-    pad = model.generation_config.pad_token_id
-    results = []
-    for tokens, text in zip(
-        new_tokens, processor.batch_decode(new_tokens, skip_special_tokens=True), strict=True
-    ):
-        produced = [t for t in tokens.tolist() if t != pad or t in eos]
-        ended = any(t in eos for t in produced)
-        length = next((i for i, t in enumerate(produced) if t in eos), len(produced))
-        # `truncated`: the answer hit max_new_tokens without ending, so the judge sees a cut-off answer.
-        results.append({"generation": text.strip(), "new_tokens": length, "truncated": not ended})
-    return results
+    new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+    return [
+        answer_record(tokens, processor, eos, model.generation_config.pad_token_id) for tokens in new_tokens
+    ]
+
+
+def answer_record(
+    token_ids: Sequence[int], processor: ProcessorMixin, eos: set[int], pad: int | None
+) -> dict[str, Any]:
+    """A generation record from an answer's new token ids, by every engine: pad tokens are not counted, the
+    answer ends at the first end-of-sequence token, `truncated` when none came (it hit max_new_tokens, so the
+    judge sees a cut-off answer), text decoded without special tokens and stripped."""
+    produced = [t for t in token_ids if t != pad or t in eos]
+    length = next((i for i, t in enumerate(produced) if t in eos), len(produced))
+    text = processor.batch_decode([list(token_ids)], skip_special_tokens=True)[0]
+    return {"generation": text.strip(), "new_tokens": length, "truncated": length == len(produced)}
 
 
 def generate_answers(
@@ -151,24 +155,46 @@ def generate_records(
     Under `accelerate launch` the pending rows are split across processes and the records gathered, so
     every process returns the full list in input order.
     """
+
+    def generate(share: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        model.eval()
+        batches = _batches(share, rows, batch_size)
+        local_main = process_state().is_local_main_process
+        for batch in tqdm(batches, desc="generate", disable=not progress or not local_main):
+            records = _generate_batch(
+                model, processor, [prompt_messages(rows[i]) for i in batch], max_new_tokens
+            )
+            yield from zip(batch, records, strict=True)
+
+    return records_in_order(
+        keys, store, generate, order=lambda index: (_image_count(rows[index]), len(prompt_text(rows[index])))
+    )
+
+
+def records_in_order(
+    keys: Sequence[str],
+    store: RecordStore | None,
+    generate: Callable[[list[int]], Iterable[tuple[int, dict[str, Any]]]],
+    *,
+    order: Callable[[int], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The record of every key, in the order of `keys`, by any engine: the indices not in `store` are split
+    across the processes of a data-parallel run (in `order`), `generate(share)` yields (index, record) for this
+    process's share, each record is stored as it comes, and the records are gathered so that every process
+    returns the full list."""
     state = process_state()
     # Every process has loaded its store before any writes to it: otherwise a late process would find records
     # another one just wrote, split a different pending list, and rows would fall between the two.
     state.wait_for_everyone()
     pending = [index for index, key in enumerate(keys) if store is None or key not in store]
-    pending.sort(key=lambda index: (_image_count(rows[index]), len(prompt_text(rows[index]))))
+    if order is not None:
+        pending.sort(key=order)
     finished: list[tuple[int, dict[str, Any]]] = []
     with state.split_between_processes(pending) as mine:
-        model.eval()
-        batches = _batches(mine, rows, batch_size)
-        for batch in tqdm(batches, desc="generate", disable=not progress or not state.is_local_main_process):
-            records = _generate_batch(
-                model, processor, [prompt_messages(rows[i]) for i in batch], max_new_tokens
-            )
-            for index, record in zip(batch, records, strict=True):
-                if store is not None:
-                    store.put(keys[index], record)
-                finished.append((index, record))
+        for index, record in generate(mine):
+            if store is not None:
+                store.put(keys[index], record)
+            finished.append((index, record))
     if state.num_processes > 1:
         finished = gather_object(finished)
     by_index = dict(finished)

@@ -28,6 +28,7 @@ from vlsafe.evaluation.judges.keyword import ANSWERED, EMPTY, REFUSED, keyword_l
 from vlsafe.evaluation.judges.string_match import vlguard_keyword, xstest_strmatch
 from vlsafe.evaluation.judges.verdicts import PreferenceItem, SafetyItem, Verdict
 from vlsafe.evaluation.store import RecordStore
+from vlsafe.evaluation.vllm_engine import VllmSettings
 
 NOT_JUDGED = ("error", "unparseable")
 RAW_CHARS = 500
@@ -71,7 +72,14 @@ def build_judge(name: str, config: EvaluationConfig) -> VerdictJudge:
             raise VlsafeError("The `model` judge needs judge_model=<local or Hub judge VLM>.")
         from vlsafe.evaluation.judges.model import ModelJudge
 
-        return ModelJudge(config.judge_model, dtype=config.dtype, batch_size=config.judge_batch_size)
+        return ModelJudge(
+            config.judge_model,
+            dtype=config.dtype,
+            batch_size=config.judge_batch_size,
+            engine=judge_engine(config),
+            # the evaluated model's max_model_len does not bound the judge's prompts (request + answer + rubric)
+            layout=VllmSettings(config.tensor_parallel_size, config.gpu_memory_utilization),
+        )
     if name == "llama_guard":
         if not config.guard_model:
             raise VlsafeError(
@@ -94,7 +102,15 @@ def build_judge(name: str, config: EvaluationConfig) -> VerdictJudge:
 def judge_settings(name: str, config: EvaluationConfig) -> dict[str, Any]:
     """What a judge's verdicts depend on (the header of its store)."""
     model = {"model": config.judge_model, "llama_guard": config.guard_model, "api": config.judge_api_model}
-    return {"judge": name, "model": model.get(name), "verdicts_version": 3}
+    settings = {"judge": name, "model": model.get(name), "verdicts_version": 3}
+    if name == "model" and judge_engine(config) != "transformers":  # stores of earlier runs keep their header
+        settings["engine"] = judge_engine(config)
+    return settings
+
+
+def judge_engine(config: EvaluationConfig) -> str:
+    """The engine the `model` judge generates with: `judge_engine`, else the evaluation's `engine`."""
+    return config.judge_engine or config.engine
 
 
 def judge_answers(config: EvaluationConfig, answers: list[Answer]) -> dict[str, list[dict[str, Any]] | None]:

@@ -160,7 +160,10 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
             axis.bar(positions, values, width, yerr=errors, capsize=3, label=model)
         axis.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(rows))])
         axis.set_xticklabels(
-            [row_label(*row).split(" (")[0].replace(" = ", "\n") for row in rows], fontsize=7, rotation=30, ha="right"
+            [row_label(*row).split(" (")[0].replace(" = ", "\n") for row in rows],
+            fontsize=7,
+            rotation=30,
+            ha="right",
         )
         axis.set_ylim(0, 1.05)
         axis.set_title(f"judge: {judge}")

@@ -1,22 +1,22 @@
-"""Stage 2 of an evaluation on vLLM (`--engine vllm`): one engine holds the base weights, the tuned answers come
-from the same engine with the adapter applied per request (`LoRARequest`), the base answers without it.
+"""vLLM generation (`--engine vllm`, extra `vllm`). `VllmGenerator` is one vLLM engine holding a model's weights,
+with a LoRA adapter applied to the requests that ask for it (`LoRARequest`); the evaluation's generation stage
+(`VllmEngine`: base answers without the adapter, tuned answers with it, from the same engine), DPO's on-policy pair
+generation and the model judge run on it.
 
-What makes its answers comparable to the transformers engine's (`vlsafe.evaluation.engine.TransformersEngine`):
-- the same prompt text: vlsafe renders the chat template with the processor (the adapter's for tuned) and hands
-  vLLM the text plus the images, never letting vLLM apply a template of its own; the special-token rule of
-  transformers' `apply_chat_template` is mirrored, and on probe prompts the token ids vLLM used are checked
-  against the processor's;
+What makes its answers comparable to the transformers engine's (`vlsafe.evaluation.generate`):
+- the same prompt text: vlsafe renders the chat template with the processor (the adapter's for tuned) over the
+  messages the transformers engine sends and hands vLLM the text plus the images, never letting vLLM apply a
+  template of its own; the special-token rule of transformers' `apply_chat_template` is mirrored, and on probe
+  prompts the token ids vLLM used are checked against the processor's;
 - greedy decoding with the model's generation settings (e.g. a repetition penalty in generation_config.json, which
-  `generate` applies too), the same `max_new_tokens`, and `new_tokens` / `truncated` / the decoded answer computed
-  from the generated token ids by the transformers engine's rules.
+  `generate` applies too), the same `max_new_tokens`, and the records built from the generated token ids by the
+  transformers engine's own rules (`answer_record`).
 And what keeps a "tuned" result from silently being the base model's:
 - `check_adapter` refuses an adapter vLLM would not apply in full (LoRA outside the language model's attention and
   MLP projections, modules_to_save, DoRA, biases, other PEFT methods, a rank above vLLM's largest), before
   anything loads;
 - at start-up, on a few prompts of the suite, the first-token distribution with the adapter must differ from the
-  one without it (`check_adapter_applied`).
-Base and tuned requests are never batched together: vLLM's CPU LoRA kernels apply the adapter to base requests in
-a mixed batch (vllm-project/vllm#48421, open), so each variant runs in calls of its own.
+  one without it (`VllmEngine.check_adapter_applied`).
 
 Data parallelism: under `accelerate launch` each process runs its own engine on its own GPU(s)
 (`tensor_parallel_size` each), as vLLM's offline data-parallel example does, and the prompts are split as with the
@@ -36,17 +36,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from datasets import Dataset
 from safetensors import safe_open
 from transformers import AutoConfig, GenerationConfig, ProcessorMixin
+from transformers.image_utils import load_image
 
 from vlsafe.cards import ADAPTER_CONFIG
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.benchmarks.base import image_paths
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.engine import TransformersEngine, is_full_model
-from vlsafe.evaluation.generate import process_state, prompt_messages
+from vlsafe.evaluation.generate import (
+    answer_record,
+    defused_prompts,
+    process_state,
+    prompt_messages,
+    records_in_order,
+)
 from vlsafe.evaluation.store import RecordStore
 from vlsafe.hub import ADAPTER_WEIGHTS, model_folder, tuned_processor
 from vlsafe.modeling import LM_HEAD, LM_LINEAR_LAYERS, Family, family_of, load_processor, model_part
@@ -156,23 +162,13 @@ def _unapplied_modules(weight_names: Sequence[str], family: Family) -> list[str]
     ]
 
 
-def generation_record(
-    token_ids: Sequence[int], processor: ProcessorMixin, eos: set[int], pad: int | None
-) -> dict[str, Any]:
-    """A generation record from an answer's token ids, by the transformers engine's rules
-    (vlsafe.evaluation.generate._generate_batch): pad tokens are not counted, the answer ends at the first
-    end-of-sequence token, `truncated` when none came, text decoded without special tokens and stripped."""
-    produced = [t for t in token_ids if t != pad or t in eos]
-    length = next((i for i, t in enumerate(produced) if t in eos), len(produced))
-    text = processor.batch_decode([list(token_ids)], skip_special_tokens=True)[0]
-    return {"generation": text.strip(), "new_tokens": length, "truncated": length == len(produced)}
-
-
 def vllm_prompt(processor: ProcessorMixin, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A row as a vLLM prompt (the chat template rendered by `processor`, images as multi_modal_data) and the
-    tokenization settings that give the token ids transformers' `apply_chat_template(tokenize=True)` gives."""
-    text = processor.apply_chat_template(prompt_messages(row), add_generation_prompt=True, tokenize=False)
-    images = list(row.get("images") or [])
+    """A row as a vLLM prompt (the chat template rendered by `processor` over the messages the transformers engine
+    sends, spelled-out media placeholders defused; images as multi_modal_data) and the tokenization settings that give the token ids transformers' `apply_chat_template(tokenize=True)` gives."""
+    (messages,) = defused_prompts(processor, [prompt_messages(row)])
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Image paths (the judges' items) opened as the processor opens them: vLLM takes decoded images only.
+    images = [load_image(str(i)) if isinstance(i, (str, Path)) else i for i in row.get("images") or []]
     prompt = {"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text}
     bos = processor.tokenizer.bos_token
     # transformers adds no special tokens when the rendered template already starts with BOS: nor does vLLM then.
@@ -182,8 +178,9 @@ def vllm_prompt(processor: ProcessorMixin, row: dict[str, Any]) -> tuple[dict[st
 
 def processor_token_ids(processor: ProcessorMixin, row: dict[str, Any]) -> list[int]:
     """The prompt token ids the transformers engine feeds the model for `row` (images expanded)."""
+    messages = defused_prompts(processor, [prompt_messages(row)])
     inputs = processor.apply_chat_template(
-        [prompt_messages(row)], add_generation_prompt=True, tokenize=True, return_dict=True
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )
     return list(inputs["input_ids"][0])
 
@@ -227,30 +224,199 @@ def mixed_engine_settings(
     return settings
 
 
+def require_vllm() -> None:
+    """A clear error where the optional vLLM extra is not installed."""
+    try:
+        import vllm  # noqa: F401  (optional extra)
+    except ImportError:
+        raise VlsafeError(
+            "The vLLM engine needs vLLM: pip install 'vlsafe[vllm]' on a GPU machine (make vllm-env builds a CPU "
+            "environment, .venv-vllm), or use the transformers engine."
+        ) from None
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """How an engine is laid out on the accelerators (the `vllm` options of evaluation, DPO and the judge)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+
+
+class VllmGenerator:
+    """Greedy generation on one vLLM engine holding `model`'s weights, with `adapter` (if any) applied to the
+    requests asked for it: what the evaluation engine, DPO's on-policy pairs and the model judge share.
+
+    Answers follow the transformers engine's rules (`vlsafe.evaluation.generate`): the prompt text vlsafe renders,
+    greedy decoding with the model's own generation settings, the same `max_new_tokens`, the records built from
+    the generated token ids by `answer_record`. Data-parallel under `accelerate launch`: every process starts an
+    engine on its own `tensor_parallel_size` GPUs and answers its share of the prompts."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_new_tokens: int,
+        images_per_prompt: int,
+        adapter: VllmAdapter | None = None,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        layout: VllmSettings | None = None,
+        max_pixels: int | None = None,
+        batch_size: int | None = None,
+    ):
+        require_vllm()
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        self.state = process_state()
+        layout = layout or VllmSettings()
+        self.adapter, self.chunk, self.images_per_prompt = adapter, batch_size or CHUNK, images_per_prompt
+        generation = _generation_config(model, trust_remote_code)
+        eos = generation.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad = generation.pad_token_id
+        kwargs = {
+            "model": model,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "tensor_parallel_size": layout.tensor_parallel_size,
+            "gpu_memory_utilization": layout.gpu_memory_utilization,
+            "max_model_len": layout.max_model_len,
+            "limit_mm_per_prompt": {"image": images_per_prompt},
+            "enforce_eager": not torch.cuda.is_available(),  # CPU: no graphs to capture, no compile wait
+            "seed": 0,
+        }
+        if max_pixels is not None:
+            kwargs["mm_processor_kwargs"] = {"max_pixels": max_pixels}
+        if adapter is not None:
+            kwargs |= {"enable_lora": True, "max_lora_rank": adapter.max_lora_rank, "max_loras": 1}
+        logger.info("Starting vLLM on %s (%d image(s) per prompt at most)", model, images_per_prompt)
+        with _pinned_devices(self.state, layout.tensor_parallel_size):
+            self.llm = LLM(**kwargs)
+        self.lora_request = None
+        if adapter is not None:
+            _validate_with_vllm(adapter, self.llm)
+            self.lora_request = LoRARequest("tuned", 1, str(adapter.folder))
+        self.sampling = self._sampling(max_new_tokens)
+
+    def records(
+        self,
+        rows,
+        keys,
+        store: RecordStore | None,
+        processor: ProcessorMixin,
+        *,
+        tuned: bool = False,
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Generation records for `rows` in their order (tuned: with the adapter); rows in `store` are not
+        generated again, each call's answers are stored as it returns."""
+        lora = self.lora_request if tuned else None
+
+        def generate(share: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+            for start in range(0, len(share), self.chunk):
+                batch = share[start : start + self.chunk]
+                outputs = self.generate([rows[i] for i in batch], processor, lora, self.sampling, progress)
+                for index, output in zip(batch, outputs, strict=True):
+                    yield index, answer_record(output.outputs[0].token_ids, processor, self.eos, self.pad)
+
+        return records_in_order(keys, store, generate)
+
+    def answers(self, rows, processor: ProcessorMixin, *, tuned: bool = False) -> list[str]:
+        """Greedy answers to `rows`, in order, nothing stored."""
+        keys = [str(index) for index in range(len(rows))]
+        return [record["generation"] for record in self.records(rows, keys, None, processor, tuned=tuned)]
+
+    def generate(self, rows, processor, lora, sampling, progress: bool = True) -> list[Any]:
+        """vLLM outputs for `rows`, in order. Prompts whose rendered template starts with BOS are tokenized
+        without special tokens (as transformers does), so they go in a call of their own. Base and tuned requests
+        are never batched together: vLLM's CPU LoRA kernels apply the adapter to base requests in a mixed batch
+        (vllm-project/vllm#48421, open)."""
+        prompts = [vllm_prompt(processor, row) for row in rows]
+        outputs: list[Any] = [None] * len(rows)
+        for tokenization in ({}, {"add_special_tokens": False}):
+            group = [i for i, (_, kwargs) in enumerate(prompts) if kwargs == tokenization]
+            if group:
+                done = self.llm.generate(
+                    [prompts[i][0] for i in group],
+                    sampling,
+                    lora_request=lora,
+                    tokenization_kwargs=tokenization or None,
+                    use_tqdm=progress and self.state.is_local_main_process,
+                )
+                for i, output in zip(group, done, strict=True):
+                    outputs[i] = output
+        return outputs
+
+    def first_token_logprobs(self, rows, processor, lora) -> list[dict[int, float]]:
+        """First-token log-probabilities (top PROBE_LOGPROBS) for `rows`, after checking that vLLM's prompt
+        token ids are the transformers processor's."""
+        from vllm import SamplingParams
+
+        probe = SamplingParams(temperature=0.0, max_tokens=1, logprobs=PROBE_LOGPROBS, detokenize=False)
+        outputs = self.generate(rows, processor, lora, probe, progress=False)
+        for row, output in zip(rows, outputs, strict=True):
+            expected, used = processor_token_ids(processor, row), list(output.prompt_token_ids)
+            if used != expected:
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(expected, used, strict=False)) if a != b),
+                    min(len(expected), len(used)),
+                )
+                raise VlsafeError(
+                    f"vLLM tokenized prompt {row.get('id')!r} differently from the transformers processor "
+                    f"({len(used)} vs {len(expected)} tokens, first difference at token {at}): its answers would "
+                    "not be comparable. Use the transformers engine for this model."
+                )
+        return [
+            {token: lp.logprob for token, lp in output.outputs[0].logprobs[0].items()} for output in outputs
+        ]
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (training or the judges may need the accelerator next)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _sampling(self, max_new_tokens: int):
+        """Greedy decoding; the model's own generation settings that `generate` applies too (a repetition
+        penalty, say) are kept, the sampling ones switched off."""
+        from vllm import SamplingParams
+
+        defaults = self.llm.llm_engine.model_config.get_diff_sampling_param()
+        kept = {key: defaults[key] for key in ("repetition_penalty",) if key in defaults}
+        if kept:
+            logger.info("Generation settings from the model's generation_config.json: %s", kept)
+        return SamplingParams(
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            stop_token_ids=sorted(self.eos),
+            detokenize=False,  # decoded by the processor, as the transformers engine does
+            **kept,
+        )
+
+
 class VllmEngine:
-    """Greedy generation on vLLM: base and adapter in one engine, the adapter applied per request."""
+    """The evaluation's generation stage on vLLM: base and adapter in one engine, the adapter applied per
+    request."""
 
     name = "vllm"
 
     def __init__(self, config: EvaluationConfig):
         _check_config(config)
-        try:
-            import vllm  # noqa: F401  (optional extra)
-        except ImportError:
-            raise VlsafeError(
-                "--engine vllm needs vLLM: pip install 'vlsafe[vllm]' on a GPU machine (make vllm-env builds a CPU "
-                "environment, .venv-vllm), or use --engine transformers."
-            ) from None
+        require_vllm()
         self.config = config
         self.state = process_state()
         self.base_processor = load_processor(config.base_model, max_pixels=config.max_pixels)
         self.processors: dict[str, ProcessorMixin] = {}
         if config.adapter is None or config.evaluate_base:
             self.processors["base"] = self.base_processor
-        self.adapter = self.lora_request = None
+        self.adapter = None
         if config.adapter is not None:
-            from vllm.lora.request import LoRARequest
-
             self.adapter = check_adapter(
                 config.adapter, config.base_model, trust_remote_code=config.trust_remote_code
             )
@@ -260,12 +426,7 @@ class VllmEngine:
                 base_model=config.base_model,
                 max_pixels=config.max_pixels,
             )
-            self.lora_request = LoRARequest("tuned", 1, str(self.adapter.folder))
-        generation = _generation_config(config)
-        eos = generation.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-        self.pad = generation.pad_token_id
-        self.llm = None
+        self.generator: VllmGenerator | None = None
 
     @property
     def variants(self) -> list[str]:
@@ -280,20 +441,29 @@ class VllmEngine:
     def answering(self, variant: str, suite: dict[str, Dataset]) -> Iterator[Any]:
         """A function `(rows, keys, store) -> records` answering as `variant` (tuned: with the adapter's
         LoRARequest). The engine starts on first use: its image limit comes from the suite."""
-        if self.llm is None:
-            self.llm = self._start(suite)
-            self.sampling = self._sampling()
-            if self.lora_request is not None:
-                self.check_adapter_applied(_probe_rows(suite), self.lora_request)
-        lora = self.lora_request if variant == "tuned" else None
-        processor = self.processors[variant]
-        yield lambda rows, keys, store: self._answer(rows, keys, store, processor, lora)
+        if self.generator is None:
+            config = self.config
+            self.generator = VllmGenerator(
+                config.base_model,
+                max_new_tokens=config.max_new_tokens,
+                images_per_prompt=images_per_prompt(suite),
+                adapter=self.adapter,
+                dtype=config.dtype,
+                trust_remote_code=config.trust_remote_code,
+                layout=vllm_settings(config),
+                max_pixels=config.max_pixels,
+                batch_size=config.batch_size,
+            )
+            if self.adapter is not None:
+                self.check_adapter_applied(_probe_rows(suite), self.generator.lora_request)
+        processor, tuned = self.processors[variant], variant == "tuned"
+        yield lambda rows, keys, store: self.generator.records(rows, keys, store, processor, tuned=tuned)
 
     def check_adapter_applied(self, rows: list[dict[str, Any]], lora_request) -> None:
         """Refuse to go on unless vLLM's prompt token ids equal the transformers processor's for `rows`, and the
         adapter changes the first-token distribution of at least one of them (unless its weights are zero)."""
-        base = self._probe(rows, self.base_processor, None)
-        tuned = self._probe(rows, self.processors["tuned"], lora_request)
+        base = self.generator.first_token_logprobs(rows, self.base_processor, None)
+        tuned = self.generator.first_token_logprobs(rows, self.processors["tuned"], lora_request)
         changes = [_distribution_change(b, t) for b, t in zip(base, tuned, strict=True)]
         moved = max(changes)
         logger.info(
@@ -313,121 +483,14 @@ class VllmEngine:
 
     def close(self) -> None:
         """Shut the engine down and free its memory (the judges may need the accelerator next)."""
-        if self.llm is not None:
-            self.llm.llm_engine.engine_core.shutdown()
-        self.llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if self.generator is not None:
+            self.generator.close()
+        self.generator = None
 
-    # -- internals -----------------------------------------------------------------------------------------
 
-    def _start(self, suite: dict[str, Dataset]):
-        from vllm import LLM
-
-        config, adapter = self.config, self.adapter
-        _pin_devices(self.state, config.tensor_parallel_size)
-        images = images_per_prompt(suite)
-        kwargs = {
-            "model": config.base_model,
-            "dtype": config.dtype,
-            "trust_remote_code": config.trust_remote_code,
-            "tensor_parallel_size": config.tensor_parallel_size,
-            "gpu_memory_utilization": config.gpu_memory_utilization,
-            "max_model_len": config.max_model_len,
-            "limit_mm_per_prompt": {"image": images},
-            "enforce_eager": not torch.cuda.is_available(),  # CPU: no graphs to capture, no compile wait
-            "seed": 0,
-        }
-        if config.max_pixels is not None:
-            kwargs["mm_processor_kwargs"] = {"max_pixels": config.max_pixels}
-        if adapter is not None:
-            kwargs |= {"enable_lora": True, "max_lora_rank": adapter.max_lora_rank, "max_loras": 1}
-        logger.info("Starting vLLM on %s (%d image(s) per prompt at most)", config.base_model, images)
-        llm = LLM(**kwargs)
-        if adapter is not None:
-            _validate_with_vllm(adapter, llm)
-        return llm
-
-    def _sampling(self):
-        """Greedy decoding; the model's own generation settings that `generate` applies too (a repetition
-        penalty, say) are kept, the sampling ones switched off."""
-        from vllm import SamplingParams
-
-        defaults = self.llm.llm_engine.model_config.get_diff_sampling_param()
-        kept = {key: defaults[key] for key in ("repetition_penalty",) if key in defaults}
-        if kept:
-            logger.info("Generation settings from the model's generation_config.json: %s", kept)
-        return SamplingParams(
-            temperature=0.0,
-            max_tokens=self.config.max_new_tokens,
-            stop_token_ids=sorted(self.eos),
-            detokenize=False,  # decoded by the processor, as the transformers engine does
-            **kept,
-        )
-
-    def _answer(self, rows, keys, store: RecordStore | None, processor, lora) -> list[dict[str, Any]]:
-        """Records for `rows` in their order; stored rows are not generated again, each call's answers are
-        stored as it returns. Data-parallel: the pending rows are split across processes and gathered."""
-        state = self.state
-        state.wait_for_everyone()  # every process has read its store before any writes (as generate_records)
-        pending = [index for index, key in enumerate(keys) if store is None or key not in store]
-        chunk = self.config.batch_size or CHUNK
-        finished: list[tuple[int, dict[str, Any]]] = []
-        with state.split_between_processes(pending) as mine:
-            for start in range(0, len(mine), chunk):
-                batch = mine[start : start + chunk]
-                outputs = self._generate([rows[i] for i in batch], processor, lora, self.sampling)
-                for index, output in zip(batch, outputs, strict=True):
-                    record = generation_record(output.outputs[0].token_ids, processor, self.eos, self.pad)
-                    if store is not None:
-                        store.put(keys[index], record)
-                    finished.append((index, record))
-        if state.num_processes > 1:
-            finished = gather_object(finished)
-        by_index = dict(finished)
-        return [by_index[index] if index in by_index else store.get(key) for index, key in enumerate(keys)]
-
-    def _generate(self, rows, processor, lora, sampling, progress: bool = True):
-        """vLLM outputs for `rows`, in order. Prompts whose rendered template starts with BOS are tokenized
-        without special tokens (as transformers does), so they go in a call of their own."""
-        prompts = [vllm_prompt(processor, row) for row in rows]
-        outputs: list[Any] = [None] * len(rows)
-        for tokenization in ({}, {"add_special_tokens": False}):
-            group = [i for i, (_, kwargs) in enumerate(prompts) if kwargs == tokenization]
-            if group:
-                done = self.llm.generate(
-                    [prompts[i][0] for i in group],
-                    sampling,
-                    lora_request=lora,
-                    tokenization_kwargs=tokenization or None,
-                    use_tqdm=progress and self.state.is_local_main_process,
-                )
-                for i, output in zip(group, done, strict=True):
-                    outputs[i] = output
-        return outputs
-
-    def _probe(self, rows, processor, lora) -> list[dict[int, float]]:
-        """First-token log-probabilities (top PROBE_LOGPROBS) for `rows`; the prompt token ids are checked."""
-        from vllm import SamplingParams
-
-        probe = SamplingParams(temperature=0.0, max_tokens=1, logprobs=PROBE_LOGPROBS, detokenize=False)
-        outputs = self._generate(rows, processor, lora, probe, progress=False)
-        for row, output in zip(rows, outputs, strict=True):
-            expected, used = processor_token_ids(processor, row), list(output.prompt_token_ids)
-            if used != expected:
-                at = next(
-                    (i for i, (a, b) in enumerate(zip(expected, used, strict=False)) if a != b),
-                    min(len(expected), len(used)),
-                )
-                raise VlsafeError(
-                    f"vLLM tokenized prompt {row.get('id')!r} differently from the transformers processor "
-                    f"({len(used)} vs {len(expected)} tokens, first difference at token {at}): its answers would "
-                    "not be comparable. Use --engine transformers for this model."
-                )
-        return [
-            {token: lp.logprob for token, lp in output.outputs[0].logprobs[0].items()} for output in outputs
-        ]
+def vllm_settings(config: Any) -> VllmSettings:
+    """The engine layout named by a config's `tensor_parallel_size`, `gpu_memory_utilization`, `max_model_len`."""
+    return VllmSettings(config.tensor_parallel_size, config.gpu_memory_utilization, config.max_model_len)
 
 
 def _distribution_change(base: dict[int, float], tuned: dict[int, float]) -> float:
@@ -458,12 +521,7 @@ def _check_config(config: EvaluationConfig) -> None:
             "Evaluate it with --engine transformers."
         )
     if config.max_pixels is not None:
-        image_processor = getattr(load_processor(config.base_model), "image_processor", None)
-        if not hasattr(image_processor, "merge_size"):  # Qwen-VL processors take max_pixels as an argument
-            raise VlsafeError(
-                "With --engine vllm, max_pixels applies to Qwen-VL models only (vLLM passes it to their "
-                f"processor), not {type(image_processor).__name__}. Drop max_pixels or use --engine transformers."
-            )
+        check_max_pixels(config.base_model, config.max_pixels)
     if config.attn_implementation:
         logger.info(
             "attn_implementation=%s is a transformers setting: vLLM chooses its own",
@@ -471,25 +529,38 @@ def _check_config(config: EvaluationConfig) -> None:
         )
 
 
-def _generation_config(config: EvaluationConfig) -> GenerationConfig:
-    """The base model's generation config (end-of-sequence and pad ids), as transformers loads it."""
-    try:
-        return GenerationConfig.from_pretrained(config.base_model)
-    except OSError:
-        model_config = AutoConfig.from_pretrained(
-            config.base_model, trust_remote_code=config.trust_remote_code
+def check_max_pixels(model: str, max_pixels: int | None) -> None:
+    """vLLM passes max_pixels to Qwen-VL processors only: refuse it for other models."""
+    if max_pixels is None:
+        return
+    image_processor = getattr(load_processor(model), "image_processor", None)
+    if not hasattr(image_processor, "merge_size"):  # Qwen-VL processors take max_pixels as an argument
+        raise VlsafeError(
+            "With the vLLM engine, max_pixels applies to Qwen-VL models only (vLLM passes it to their "
+            f"processor), not {type(image_processor).__name__}. Drop max_pixels or use the transformers engine."
         )
+
+
+def _generation_config(model: str, trust_remote_code: bool) -> GenerationConfig:
+    """The model's generation config (end-of-sequence and pad ids), as transformers loads it."""
+    try:
+        return GenerationConfig.from_pretrained(model)
+    except OSError:
+        model_config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         return GenerationConfig.from_model_config(model_config)
 
 
-def _pin_devices(state, tensor_parallel_size: int) -> None:
-    """Data parallelism: give this process's engine its own `tensor_parallel_size` GPUs."""
+@contextlib.contextmanager
+def _pinned_devices(state, tensor_parallel_size: int) -> Iterator[None]:
+    """Data parallelism: this process's engine gets its own `tensor_parallel_size` GPUs while it starts (vLLM's
+    engine processes read CUDA_VISIBLE_DEVICES then); restored afterwards for training or judging."""
     if state.num_processes == 1:
+        yield
         return
     if not torch.cuda.is_available():
-        raise VlsafeError("Data-parallel vLLM evaluation needs GPUs; on a CPU run one process.")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(torch.cuda.device_count())))
-    devices = visible.split(",")
+        raise VlsafeError("Data-parallel vLLM generation needs GPUs; on a CPU run one process.")
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = (before or ",".join(map(str, range(torch.cuda.device_count())))).split(",")
     start = state.local_process_index * tensor_parallel_size
     mine = devices[start : start + tensor_parallel_size]
     if len(mine) < tensor_parallel_size:
@@ -497,7 +568,14 @@ def _pin_devices(state, tensor_parallel_size: int) -> None:
             f"{state.num_processes} processes x tensor_parallel_size {tensor_parallel_size} need "
             f"{state.num_processes * tensor_parallel_size} GPUs; {len(devices)} are visible."
         )
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)  # read by the engine processes vLLM starts
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def _validate_with_vllm(adapter: VllmAdapter, llm) -> None:

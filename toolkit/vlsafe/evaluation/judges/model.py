@@ -1,5 +1,6 @@
-"""The `model` judge: a local chat VLM asked vlsafe's JSON judge prompts through the evaluation's own generation
-engine (`generate_answers`), so it batches, runs on this process's accelerator and, in a data-parallel run,
+"""The `model` judge: a local chat VLM asked vlsafe's JSON judge prompts through one of the evaluation's own
+generation engines (transformers: `generate_answers`; vllm: `VllmGenerator`, started on the first call with the
+items' image count as its limit), so it batches, runs on this process's accelerator and, in a data-parallel run,
 judges a share of the answers in every process (the verdicts are gathered in order).
 
 A guard model (Llama Guard) expects its own conversation format and would classify vlsafe's judge prompt
@@ -34,7 +35,10 @@ from vlsafe.evaluation.judges.verdicts import (
     preference_prompt,
     safety_prompt,
 )
+from vlsafe.evaluation.vllm_engine import VllmGenerator, VllmSettings, require_vllm
 from vlsafe.modeling import load_processor
+
+JUDGE_ENGINES = ("transformers", "vllm")
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +80,17 @@ class ModelJudge:
     compares_answers = True  # and it is asked the pairwise prompt for the win rate
 
     def __init__(
-        self, model_name_or_path: str, *, dtype: str = "auto", batch_size: int = 8, max_new_tokens: int = 64
+        self,
+        model_name_or_path: str,
+        *,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        max_new_tokens: int = 64,
+        engine: str = "transformers",
+        layout: VllmSettings | None = None,
     ):
+        if engine not in JUDGE_ENGINES:
+            raise VlsafeError(f"Unknown judge engine {engine!r}; choose one of {', '.join(JUDGE_ENGINES)}.")
         self.processor: ProcessorMixin = load_processor(model_name_or_path)
         if is_guard_template(getattr(self.processor, "chat_template", None)):
             raise VlsafeError(
@@ -85,16 +98,28 @@ class ModelJudge:
                 "content categories): it expects its own conversation format, not vlsafe's judge prompt. Judge "
                 f"with `--judges llama_guard --guard_model {model_name_or_path}` instead."
             )
-        self.model: PreTrainedModel | None = load_judge_model(model_name_or_path, dtype=dtype)
+        self.name_or_path, self.dtype, self.engine = model_name_or_path, dtype, engine
+        self.layout = layout or VllmSettings()
+        self.model: PreTrainedModel | None = None
+        self.generator: VllmGenerator | None = None
+        if engine == "transformers":
+            self.model = load_judge_model(model_name_or_path, dtype=dtype)
+        else:
+            require_vllm()
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.closed = False
 
     def close(self) -> None:
-        """Free the judge model and its accelerator memory."""
+        """Free the judge model (or shut its vLLM engine down) and its accelerator memory."""
         self.model = None
+        if self.generator is not None:
+            self.generator.close()
+            self.generator = None
+        self.closed = True
         free_model()
 
     def _ask(self, prompts: list[str], images: list[tuple]) -> list[str]:
-        if self.model is None:
+        if self.closed:
             raise VlsafeError("model judge: close() was called; build a new ModelJudge to judge again.")
         placeholders = media_placeholders(self.processor)
         prompts, defused = defuse_placeholders(prompts, placeholders)
@@ -120,9 +145,28 @@ class ModelJudge:
                 len(rows),
                 state.device,
             )
+        if self.engine == "vllm":
+            return self._vllm_generator(rows).answers(rows, self.processor)
         return generate_answers(
             self.model, self.processor, rows, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens
         )
+
+    def _vllm_generator(self, rows: list[dict]) -> VllmGenerator:
+        """The judge's vLLM engine, started with the most images these prompts have (restarted with a higher
+        limit if a later call needs one)."""
+        images = max((len(row["images"]) for row in rows), default=0)
+        if self.generator is not None and self.generator.images_per_prompt < images:
+            self.generator.close()
+            self.generator = None
+        if self.generator is None:
+            self.generator = VllmGenerator(
+                self.name_or_path,
+                max_new_tokens=self.max_new_tokens,
+                images_per_prompt=images,
+                dtype=self.dtype,
+                layout=self.layout,
+            )
+        return self.generator
 
     def judge_safety(self, items: Sequence[SafetyItem]) -> list[Verdict]:
         """Safe/unsafe (+ refusal when the judge says) for each answer, in order."""
