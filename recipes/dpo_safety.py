@@ -4,8 +4,9 @@ refusals, with LoRA on the language model (optionally continuing an SFT adapter)
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml \
         recipes/dpo_safety.py --config recipes/configs/llava-1.5-7b/dpo_safety.yaml
 
-Pairs are built on-policy from VLGuard train (the policy's own answers, judged by the keyword judge), or
-imported from an existing preference file (`preference_file`, e.g. SPA-VL-style json). With `sft_adapter`
+Pairs are built on-policy from VLGuard train (the policy's own answers, judged by the keyword judge; generated
+with transformers, or with `--generation_engine vllm` on one vLLM engine before the policy loads), or imported
+from an existing preference file (`preference_file`, e.g. SPA-VL-style json). With `sft_adapter`
 the adapter is trained further and the reference model is a frozen copy of it; without, a fresh LoRA is
 trained against the base model (adapter disabled); with `--use_peft false` the language model is trained in
 full against a frozen copy of the starting weights (pass a fully fine-tuned SFT model as model_name_or_path).
@@ -35,6 +36,7 @@ from vlsafe.evaluation.generate import generate_records, process_state
 from vlsafe.evaluation.judges.keyword import keyword_label
 from vlsafe.evaluation.store import RecordStore, weights_fingerprint
 from vlsafe.evaluation.vllm_engine import (
+    PROBE_PROMPTS,
     VllmGenerator,
     VllmSettings,
     check_adapter,
@@ -174,8 +176,9 @@ def vllm_policy_records(
     model_args: ModelConfig,
 ) -> list[dict]:
     """The policy's answers from one vLLM engine: the base weights, with the SFT adapter (checked to be one vLLM
-    applies in full) on every request; the prompt rendered by the processor training uses. The engine starts only
-    when answers are missing from `store`, and is shut down before training loads the policy."""
+    applies in full, and on probe prompts seen to change the answers) on every request; the prompt rendered by the
+    processor training uses. The engine starts only when answers are missing from `store`, and is shut down before
+    training loads the policy."""
     base, adapter = model_args.model_name_or_path, data_args.sft_adapter or None
     trust_remote_code = training_args.trust_remote_code
     processor = load_processor(
@@ -202,6 +205,9 @@ def vllm_policy_records(
         max_pixels=data_args.max_pixels,
     )
     try:
+        if adapter:  # the pairs must be the adapter's answers, not the base model's
+            probe = rows[:PROBE_PROMPTS]
+            generator.check_adapter_applied(probe, processor, processor, generator.lora_request)
         return generator.records(rows, keys, store, processor, tuned=adapter is not None)
     finally:
         generator.close()

@@ -15,8 +15,8 @@ And what keeps a "tuned" result from silently being the base model's:
 - `check_adapter` refuses an adapter vLLM would not apply in full (LoRA outside the language model's attention and
   MLP projections, modules_to_save, DoRA, biases, other PEFT methods, a rank above vLLM's largest), before
   anything loads;
-- at start-up, on a few prompts of the suite, the first-token distribution with the adapter must differ from the
-  one without it (`VllmEngine.check_adapter_applied`).
+- at start-up, on a few of the prompts, the first-token distribution with the adapter must differ from the one
+  without it (`VllmGenerator.check_adapter_applied`; evaluation and DPO's pairs).
 
 Data parallelism: under `accelerate launch` each process runs its own engine on its own GPU(s)
 (`tensor_parallel_size` each), as vLLM's offline data-parallel example does, and the prompts are split as with the
@@ -373,6 +373,29 @@ class VllmGenerator:
             {token: lp.logprob for token, lp in output.outputs[0].logprobs[0].items()} for output in outputs
         ]
 
+    def check_adapter_applied(self, rows, base_processor, tuned_processor, lora_request) -> None:
+        """Refuse to go on unless vLLM's prompt token ids equal the transformers processors' for `rows`, and
+        `lora_request` (the adapter's) changes the first-token distribution of at least one of them (unless the
+        adapter's weights are zero): a tuned run that is silently the base model's stops here."""
+        base = self.first_token_logprobs(rows, base_processor, None)
+        tuned = self.first_token_logprobs(rows, tuned_processor, lora_request)
+        changes = [_distribution_change(b, t) for b, t in zip(base, tuned, strict=True)]
+        moved = max(changes)
+        logger.info(
+            "Adapter check: with the adapter the top first token changes on %d of %d probe prompts; the other "
+            "log-probabilities move by up to %.3g",
+            changes.count(float("inf")),
+            len(changes),
+            max((change for change in changes if change != float("inf")), default=0.0),
+        )
+        if moved <= PROBE_TOLERANCE and self.adapter.has_weights:
+            raise VlsafeError(
+                f"vLLM's answers with adapter {self.adapter.folder} are the base model's (first-token "
+                f"log-probabilities on {len(rows)} probe prompts moved by {moved:.2g} at most), although its "
+                "weights are non-zero: vLLM is not applying it. Use the transformers engine, and check that the "
+                "adapter's modules exist in vLLM's model for this architecture."
+            )
+
     def close(self) -> None:
         """Shut the engine down and free its memory (training or the judges may need the accelerator next)."""
         if self.llm is not None:
@@ -460,26 +483,10 @@ class VllmEngine:
         yield lambda rows, keys, store: self.generator.records(rows, keys, store, processor, tuned=tuned)
 
     def check_adapter_applied(self, rows: list[dict[str, Any]], lora_request) -> None:
-        """Refuse to go on unless vLLM's prompt token ids equal the transformers processor's for `rows`, and the
-        adapter changes the first-token distribution of at least one of them (unless its weights are zero)."""
-        base = self.generator.first_token_logprobs(rows, self.base_processor, None)
-        tuned = self.generator.first_token_logprobs(rows, self.processors["tuned"], lora_request)
-        changes = [_distribution_change(b, t) for b, t in zip(base, tuned, strict=True)]
-        moved = max(changes)
-        logger.info(
-            "Adapter check: with the adapter the top first token changes on %d of %d probe prompts; the other "
-            "log-probabilities move by up to %.3g",
-            changes.count(float("inf")),
-            len(changes),
-            max((change for change in changes if change != float("inf")), default=0.0),
+        """The generator's adapter check on `rows` (base: the base processor, tuned: the adapter's)."""
+        self.generator.check_adapter_applied(
+            rows, self.base_processor, self.processors["tuned"], lora_request
         )
-        if moved <= PROBE_TOLERANCE and self.adapter.has_weights:
-            raise VlsafeError(
-                f"vLLM's answers with adapter {self.config.adapter} are the base model's (first-token "
-                f"log-probabilities on {len(rows)} probe prompts moved by {moved:.2g} at most), although its "
-                "weights are non-zero: vLLM is not applying it. Evaluate with --engine transformers, and check "
-                "that the adapter's modules exist in vLLM's model for this architecture."
-            )
 
     def close(self) -> None:
         """Shut the engine down and free its memory (the judges may need the accelerator next)."""
