@@ -60,9 +60,8 @@ VLLM_METHOD = {"vllm": "vlsafe vLLM engine"}
 # Base and tuned answers to the suite the vLLM issue sizes: VLGuard test 1,558 + MM-SafetyBench 5,040 + FigStep
 # 500 + XSTest 450 + VLSBench 2,241 prompts, twice.
 SUITE_ANSWERS = 2 * (1558 + 5040 + 500 + 450 + 2241)
-CPU_KV_CACHE_GIB = (
-    1  # vLLM's KV cache on a CPU (VLLM_CPU_KVCACHE_SPACE, unless set): ample for the tiny model
-)
+# vLLM's KV cache on a CPU, in GiB (VLLM_CPU_KVCACHE_SPACE, unless set): ample for the tiny model.
+CPU_KV_CACHE_GIB = 1
 
 
 def answer_length(token_ids: list[int], eos: set[int]) -> int:
@@ -172,73 +171,64 @@ def load_prompts(scratch: Path, count: int) -> Dataset:
 
 
 def measure(args: argparse.Namespace, method: str) -> dict:
-    """One method's timed run in this (fresh) process, after its warm-up."""
+    """One method's timed run in this (fresh) process, after its warm-up; its start-up is timed apart. The loop
+    answers the loop's prompts; the engines answer all, and the loop's prompts again for the like-for-like ratio."""
     torch.manual_seed(0)  # the 7B shapes are built with random weights: the same ones in every process
-    on_gpu = torch.cuda.is_available()
     prompts = load_prompts(args.scratch, args.prompts)
     rows = list(prompts)
     checked = rows[: args.baseline_prompts]
-    dtype = torch.bfloat16 if on_gpu else torch.float32
     began = time.perf_counter()
+    run, batch_size, close = start_method(args, method, prompts)
+    startup = time.perf_counter() - began
+    timed = checked if method == "loop" else rows
+    run(rows[: args.warmup])
+    seconds, tokens, answers = run(timed)
+    result = {"prompts": len(timed), "answers": answers}
+    if len(timed) > len(checked):  # the engine's figure on the loop's prompts, for the like-for-like ratio
+        subset_s, subset_tokens, _ = run(checked)
+        result["subset_tokens_per_s"] = subset_tokens / subset_s
+    if batch_size is not None:
+        result["batch_size"] = batch_size
+    close()
+    return result | figures(args, seconds, tokens, len(timed), startup)
+
+
+def start_method(
+    args: argparse.Namespace, method: str, prompts: Dataset
+) -> tuple[Callable, int | None, Callable]:
+    """`method` loaded and ready: a function timing it on some rows (seconds, new tokens, answers), its batch size
+    (None: vLLM schedules its own), and what frees it."""
+    on_gpu = torch.cuda.is_available()
+    dtype = "bfloat16" if on_gpu else "float32"
+    base, adapter = vllm_folders(args.scratch)
     if method == "vllm":
-        return measure_vllm(args, rows, checked, dtype)
-    if args.engine == "vllm":  # the checkpoint vLLM loads, with its saved adapter
-        base, adapter = vllm_folders(args.scratch)
+        if not on_gpu:  # vLLM's CPU build otherwise reserves 90% of the RAM for its KV cache
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         processor = AutoProcessor.from_pretrained(base)
-        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype).to("cuda" if on_gpu else "cpu")
-        model = PeftModel.from_pretrained(model, adapter).eval()
+        generator = VllmGenerator(
+            str(base),
+            max_new_tokens=args.max_new_tokens,
+            images_per_prompt=1,
+            adapter=check_adapter(adapter, str(base)),
+            dtype=dtype,
+        )
+        return (lambda rows: vllm_engine(generator, processor, rows)), None, generator.close
+    if args.engine == "vllm":  # the checkpoint vLLM loads, with its saved adapter
+        processor = AutoProcessor.from_pretrained(base)
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=getattr(torch, dtype))
+        model = PeftModel.from_pretrained(model.to("cuda" if on_gpu else "cpu"), adapter).eval()
     else:
         processor = build_processor(args.shape, args.scratch)
-        model = build_model(args.shape, processor, args.scratch, dtype)
+        model = build_model(args.shape, processor, args.scratch, getattr(torch, dtype))
         model = with_random_adapter(model, args.lora_r)
-    startup = time.perf_counter() - began
-    batch_size = args.batch_size or choose_batch_size(model, processor, {"all": prompts}, args.max_new_tokens)
-    warm = rows[: args.warmup]
     if method == "loop":
-        per_sample_loop(model, processor, warm, args.max_new_tokens)
-        seconds, tokens, answers = per_sample_loop(model, processor, checked, args.max_new_tokens)
-        result = {"prompts": len(checked)}
-    else:
-        engine(model, processor, warm, batch_size, args.max_new_tokens)
-        seconds, tokens, answers = engine(model, processor, rows, batch_size, args.max_new_tokens)
-        result = {"prompts": len(rows)}
-        if len(checked) < len(rows):  # the engine's figure on the loop's prompts, for the like-for-like ratio
-            subset_s, subset_tokens, _ = engine(model, processor, checked, batch_size, args.max_new_tokens)
-            result |= {"subset_tokens_per_s": subset_tokens / subset_s}
-        answers = answers if args.engine == "vllm" else answers[: len(checked)]  # vllm: compared on all
+        return (lambda rows: per_sample_loop(model, processor, rows, args.max_new_tokens)), 1, lambda: None
+    batch_size = args.batch_size or choose_batch_size(model, processor, {"all": prompts}, args.max_new_tokens)
     return (
-        result
-        | figures(args, seconds, tokens, result["prompts"], startup)
-        | {
-            "batch_size": 1 if method == "loop" else batch_size,
-            "answers": answers,
-        }
+        (lambda rows: engine(model, processor, rows, batch_size, args.max_new_tokens)),
+        batch_size,
+        lambda: None,
     )
-
-
-def measure_vllm(args: argparse.Namespace, rows: list[dict], checked: list[dict], dtype) -> dict:
-    """The vLLM engine's timed run in this (fresh) process, after its warm-up; the engine's start is timed."""
-    base, adapter = vllm_folders(args.scratch)
-    if not torch.cuda.is_available():  # vLLM's CPU build otherwise reserves 90% of the RAM for its KV cache
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
-    began = time.perf_counter()
-    processor = AutoProcessor.from_pretrained(base)
-    generator = VllmGenerator(
-        str(base),
-        max_new_tokens=args.max_new_tokens,
-        images_per_prompt=1,
-        adapter=check_adapter(adapter, str(base)),
-        dtype=str(dtype).removeprefix("torch."),
-    )
-    startup = time.perf_counter() - began
-    vllm_engine(generator, processor, rows[: args.warmup])
-    seconds, tokens, answers = vllm_engine(generator, processor, rows)
-    result = {"prompts": len(rows)}
-    if len(checked) < len(rows):
-        subset_s, subset_tokens, _ = vllm_engine(generator, processor, checked)
-        result |= {"subset_tokens_per_s": subset_tokens / subset_s}
-    generator.close()
-    return result | figures(args, seconds, tokens, len(rows), startup) | {"answers": answers}
 
 
 def figures(args: argparse.Namespace, seconds: float, tokens: int, prompts: int, startup: float) -> dict:

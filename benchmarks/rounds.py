@@ -227,17 +227,15 @@ def _ram_gib() -> float | None:
 def versions() -> dict[str, str]:
     """Python and the versions of the packages whose code the benchmarks time."""
     found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    for name in OPTIONAL_PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
+    found |= {name: _version(name) or "not installed" for name in PACKAGES}
+    return found | {name: version for name in OPTIONAL_PACKAGES if (version := _version(name))}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def command_line(script: str | Path, argv: Sequence[str]) -> str:

@@ -181,14 +181,14 @@ def vllm_policy_records(
     training loads the policy."""
     base, adapter = model_args.model_name_or_path, data_args.sft_adapter or None
     trust_remote_code = training_args.trust_remote_code
+    if all(key in store for key in keys):
+        return [store.get(key) for key in keys]
     processor = load_processor(
         adapter or base,
         revision=None if adapter else model_args.model_revision,
         max_pixels=data_args.max_pixels,
         trust_remote_code=trust_remote_code,
     )
-    if all(key in store for key in keys):
-        return [store.get(key) for key in keys]
     checked = check_adapter(adapter, base, trust_remote_code=trust_remote_code) if adapter else None
     generator = VllmGenerator(
         base,

@@ -527,8 +527,7 @@ def _check_config(config: EvaluationConfig) -> None:
             f"{config.adapter} is a fully fine-tuned model: the vLLM engine evaluates LoRA adapters on their base. "
             "Evaluate it with --engine transformers."
         )
-    if config.max_pixels is not None:
-        check_max_pixels(config.base_model, config.max_pixels)
+    check_max_pixels(config.base_model, config.max_pixels)
     if config.attn_implementation:
         logger.info(
             "attn_implementation=%s is a transformers setting: vLLM chooses its own",
