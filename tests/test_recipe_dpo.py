@@ -270,7 +270,7 @@ def test_dpo_on_policy_answers_on_vllm_equal_the_transformers_engines(
         vllm_flags = ("--generation_engine", "vllm", "--vllm_max_model_len", "1024")
         summary = run(base, synthetic_vlguard, tmp_path / "vllm", *flags, *vllm_flags)
     assert "Starting vLLM on" in caplog.text
-    assert "Adapter check: with the adapter the top first token changes on" in caplog.text  # probed first
+    assert "Adapter check: with the adapter" in caplog.text  # probed first
     assert seen == {"max_model_len": 1024}  # the flag reached the engine (the model allows 2048)
     assert summary["recipe_settings"]["generation_engine"] == "vllm"
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tests.conftest import HAS_VLLM, default_lora, needs_vllm, save_adapter
+from tests.conftest import HAS_VLLM, REPO, default_lora, needs_vllm, run_checked, save_adapter, torchrun
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.engine import TransformersEngine, generate_suite, source_settings
@@ -29,6 +34,7 @@ from vlsafe.evaluation.store import RecordStore
 from vlsafe.evaluation.vllm_engine import (
     VllmEngine,
     _distribution_change,
+    _pinned_devices,
     check_adapter,
     mixed_engine_settings,
     processor_token_ids,
@@ -208,6 +214,25 @@ def test_a_store_of_the_other_engine_is_refused_or_kept_when_allowed(tiny_models
     assert mixed_engine_settings(tmp_path / "empty", name, wanted, allow_mixed_engines=False) == wanted
 
 
+def test_each_data_parallel_process_pins_its_own_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU side of data parallelism, on the environment alone (no GPU here): process k's engine starts on
+    GPUs k*tp..k*tp+tp-1 of the visible ones, and the setting is restored for training or judging after."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    second = SimpleNamespace(num_processes=2, local_process_index=1)
+    with _pinned_devices(second, 2):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # a launcher's own choice is sliced, not replaced
+    with _pinned_devices(second, 1):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    with pytest.raises(VlsafeError, match="2 processes x tensor_parallel_size 4 need 8 GPUs; 4 are visible"):
+        with _pinned_devices(second, 4):
+            pass
+
+
 # -- equality with the transformers engine (vLLM needed) -----------------------------------------------------
 
 
@@ -266,3 +291,46 @@ def test_vllm_answers_equal_the_transformers_engines(
     )
     stored = (tmp_path / "vllm" / "generations" / "tuned-vlguard.rank0.jsonl").read_text().splitlines()
     assert json.loads(stored[0])["header"]["engine"] == "vllm" and len(stored) == 1 + len(tuned)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_data_parallel_vllm_answers_match_one_process(
+    vllm_models, synthetic_vlguard: Path, tmp_path: Path
+) -> None:
+    """Two processes, an engine each (vLLM's CPU build here, a GPU each on a GPU machine): every process probes
+    that its engine applies the adapter, and the gathered answers are the single process's, in order. The failure
+    lm-evaluation-harness once had was here: LoRA requests dropped under data parallelism."""
+    base, adapter = vllm_models["llava"]
+    adapter = Path(shutil.copytree(adapter, tmp_path / "adapter"))  # the run writes the adapter's card
+    args = ["--base_model", str(base), "--adapter", str(adapter), "--dataset", str(synthetic_vlguard),
+            "--dtype", "float32", "--engine", "vllm", "--max_new_tokens", "12", "--limit", "3",
+            "--batch_size", "4", "--judges", "keyword"]  # fmt: skip
+    recipe = str(REPO / "recipes/evaluate_safety.py")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}  # GiB each: two engines share the memory
+    run_checked([sys.executable, recipe, *args, "--output_dir", "single"], tmp_path, timeout=900, env=env)
+    launched = run_checked(
+        [*torchrun(2), recipe, *args, "--output_dir", "parallel"],
+        tmp_path,
+        timeout=900,
+        env=env | {"ACCELERATE_USE_CPU": "true"},
+    )
+
+    single, parallel = (
+        json.loads((tmp_path / name / "results.json").read_text())["samples"]
+        for name in ("single", "parallel")
+    )
+    assert parallel == single and len(single) == 2 * 3 * 3  # base and tuned, 3 subsets of 3
+    answers = {model: [s["generation"] for s in single if s["model"] == model] for model in ("base", "tuned")}
+    assert (
+        sum(a != b for a, b in zip(answers["base"], answers["tuned"], strict=True)) >= 3
+    )  # the adapter acts
+    log = launched.stdout + launched.stderr
+    assert log.count("Starting vLLM on") == 2 and log.count("Adapter check: with the adapter") == 2
+    shards = sorted((tmp_path / "parallel" / "generations").glob("*.jsonl"))
+    assert [p.name for p in shards] == [
+        f"{v}-vlguard.rank{r}.jsonl" for v in ("base", "tuned") for r in (0, 1)
+    ]
+    for shard in shards:  # each process stored its own share, under the engine's name
+        header, *records = shard.read_text().splitlines()
+        assert json.loads(header)["header"]["engine"] == "vllm" and records
