@@ -293,44 +293,81 @@ def test_vllm_answers_equal_the_transformers_engines(
     assert json.loads(stored[0])["header"]["engine"] == "vllm" and len(stored) == 1 + len(tuned)
 
 
+# -- parallel runs (vLLM needed): the recipe in one process, then data- and tensor-parallel -----------------------
+
+RECIPE = str(REPO / "recipes/evaluate_safety.py")
+# GiB of KV cache per engine (vLLM's CPU default takes most of the memory); a thread per engine process
+PARALLEL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _samples(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "results.json").read_text())["samples"]
+
+
+@pytest.fixture(scope="module")
+def vllm_recipe_args(
+    vllm_models, synthetic_vlguard: Path, tmp_path_factory: pytest.TempPathFactory
+) -> list[str]:
+    base, adapter = vllm_models["llava"]
+    adapter = shutil.copytree(
+        adapter, tmp_path_factory.mktemp("vllm-recipe") / "adapter"
+    )  # the run writes its card
+    return ["--base_model", str(base), "--adapter", str(adapter), "--dataset", str(synthetic_vlguard),
+            "--dtype", "float32", "--engine", "vllm", "--max_new_tokens", "12", "--limit", "3",
+            "--batch_size", "4", "--judges", "keyword"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process_samples(vllm_recipe_args, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The recipe's samples from one process and one engine on one device: what the parallel runs must give."""
+    root = tmp_path_factory.mktemp("vllm-one-process")
+    run_checked([sys.executable, RECIPE, *vllm_recipe_args, "--output_dir", "out"], root, 900, PARALLEL_ENV)
+    samples = _samples(root / "out")
+    assert len(samples) == 2 * 3 * 3  # base and tuned, 3 subsets of 3
+    base, tuned = ([s["generation"] for s in samples if s["model"] == m] for m in ("base", "tuned"))
+    assert sum(a != b for a, b in zip(base, tuned, strict=True)) >= 3  # the adapter acts
+    return samples
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_data_parallel_vllm_answers_match_one_process(
-    vllm_models, synthetic_vlguard: Path, tmp_path: Path
+    vllm_recipe_args, one_process_samples, tmp_path: Path
 ) -> None:
     """Two processes, an engine each (vLLM's CPU build here, a GPU each on a GPU machine): every process probes
     that its engine applies the adapter, and the gathered answers are the single process's, in order. The failure
     lm-evaluation-harness once had was here: LoRA requests dropped under data parallelism."""
-    base, adapter = vllm_models["llava"]
-    adapter = Path(shutil.copytree(adapter, tmp_path / "adapter"))  # the run writes the adapter's card
-    args = ["--base_model", str(base), "--adapter", str(adapter), "--dataset", str(synthetic_vlguard),
-            "--dtype", "float32", "--engine", "vllm", "--max_new_tokens", "12", "--limit", "3",
-            "--batch_size", "4", "--judges", "keyword"]  # fmt: skip
-    recipe = str(REPO / "recipes/evaluate_safety.py")
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}  # GiB each: two engines share the memory
-    run_checked([sys.executable, recipe, *args, "--output_dir", "single"], tmp_path, timeout=900, env=env)
-    launched = run_checked(
-        [*torchrun(2), recipe, *args, "--output_dir", "parallel"],
-        tmp_path,
-        timeout=900,
-        env=env | {"ACCELERATE_USE_CPU": "true"},
-    )
+    env = PARALLEL_ENV | {"ACCELERATE_USE_CPU": "true"}
+    command = [*torchrun(2), RECIPE, *vllm_recipe_args, "--output_dir", "parallel"]
+    launched = run_checked(command, tmp_path, timeout=900, env=env)
 
-    single, parallel = (
-        json.loads((tmp_path / name / "results.json").read_text())["samples"]
-        for name in ("single", "parallel")
-    )
-    assert parallel == single and len(single) == 2 * 3 * 3  # base and tuned, 3 subsets of 3
-    answers = {model: [s["generation"] for s in single if s["model"] == model] for model in ("base", "tuned")}
-    assert (
-        sum(a != b for a, b in zip(answers["base"], answers["tuned"], strict=True)) >= 3
-    )  # the adapter acts
+    assert _samples(tmp_path / "parallel") == one_process_samples
     log = launched.stdout + launched.stderr
     assert log.count("Starting vLLM on") == 2 and log.count("Adapter check: with the adapter") == 2
     shards = sorted((tmp_path / "parallel" / "generations").glob("*.jsonl"))
-    assert [p.name for p in shards] == [
-        f"{v}-vlguard.rank{r}.jsonl" for v in ("base", "tuned") for r in (0, 1)
-    ]
+    expected = [f"{variant}-vlguard.rank{rank}.jsonl" for variant in ("base", "tuned") for rank in (0, 1)]
+    assert [shard.name for shard in shards] == expected
     for shard in shards:  # each process stored its own share, under the engine's name
         header, *records = shard.read_text().splitlines()
         assert json.loads(header)["header"]["engine"] == "vllm" and records
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="tensor parallelism needs a core per vLLM worker"
+)
+def test_tensor_parallel_vllm_answers_match_one_device(
+    vllm_recipe_args, one_process_samples, tmp_path: Path
+) -> None:
+    """--tensor_parallel_size 2 reaches vLLM (two workers share the model's layers and the adapter's LoRA
+    shards) and gives the one-device answers. On vLLM's CPU build each worker is bound to its own cores
+    (VLLM_CPU_OMP_THREADS_BIND; its automatic binding wants a NUMA node per worker)."""
+    cores = sorted(os.sched_getaffinity(0))
+    halves = (cores[: len(cores) // 2], cores[len(cores) // 2 :])
+    env = PARALLEL_ENV | {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, h)) for h in halves)}
+    command = [sys.executable, RECIPE, *vllm_recipe_args, "--tensor_parallel_size", "2", "--output_dir", "tp"]
+    launched = run_checked(command, tmp_path, timeout=900, env=env)
+    assert "(tensor_parallel_size 2, " in launched.stdout + launched.stderr
+    # The layout is no setting of the stored answers (like batch_size): a run may resume on other devices.
+    assert _samples(tmp_path / "tp") == one_process_samples

@@ -293,7 +293,12 @@ class VllmGenerator:
             kwargs["mm_processor_kwargs"] = {"max_pixels": max_pixels}
         if adapter is not None:
             kwargs |= {"enable_lora": True, "max_lora_rank": adapter.max_lora_rank, "max_loras": 1}
-        logger.info("Starting vLLM on %s (%d image(s) per prompt at most)", model, images_per_prompt)
+        logger.info(
+            "Starting vLLM on %s (tensor_parallel_size %d, %d image(s) per prompt at most)",
+            model,
+            layout.tensor_parallel_size,
+            images_per_prompt,
+        )
         with _pinned_devices(self.state, layout.tensor_parallel_size):
             self.llm = LLM(**kwargs)
         self.lora_request = None
