@@ -309,9 +309,8 @@ def vllm_recipe_args(
     vllm_models, synthetic_vlguard: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> list[str]:
     base, adapter = vllm_models["llava"]
-    adapter = shutil.copytree(
-        adapter, tmp_path_factory.mktemp("vllm-recipe") / "adapter"
-    )  # the run writes its card
+    # A copy: the recipe writes the adapter's card into its folder.
+    adapter = shutil.copytree(adapter, tmp_path_factory.mktemp("vllm-recipe") / "adapter")
     return ["--base_model", str(base), "--adapter", str(adapter), "--dataset", str(synthetic_vlguard),
             "--dtype", "float32", "--engine", "vllm", "--max_new_tokens", "12", "--limit", "3",
             "--batch_size", "4", "--judges", "keyword"]  # fmt: skip
