@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 from trl import DPOConfig, TrlParser
 
-from tests.conftest import REPO, needs_vllm
+from tests.conftest import REPO, needs_vllm, run_checked, torchrun
 from vlsafe.data.preferences import build_preference_pairs
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import DataError, VlsafeError
@@ -292,3 +292,50 @@ def test_dpo_on_policy_answers_on_vllm_equal_the_transformers_engines(
     run(base, synthetic_vlguard, tmp_path / "base", "--generation_max_new_tokens", "12")
     _, base_records = stored(tmp_path / "base")
     assert sum(base_records[key] != vllm_records[key] for key in vllm_records) >= len(vllm_records) // 2
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_data_parallel_dpo_pairs_on_vllm_match_one_process(
+    vllm_llava, synthetic_vlguard: Path, tmp_path: Path
+) -> None:
+    """DPO under `torchrun --nproc_per_node 2` with on-policy answers from vLLM: each process starts an engine,
+    probes that the SFT adapter is applied and answers its share; the policy's answers and the pairs are the
+    single process's, and the DPO step then trains in both processes."""
+    base, adapter = vllm_llava
+    sft = shutil.copytree(adapter, tmp_path / "sft")
+    load_processor(str(base)).save_pretrained(sft)
+    args = ["--config", str(REPO / "recipes/configs/tiny/dpo_safety.yaml"), "--model_name_or_path", str(base),
+            "--dataset", str(synthetic_vlguard), "--use_cpu", "true", "--sft_adapter", str(sft),
+            "--max_prompts", "8", "--generation_max_new_tokens", "12", "--generation_batch_size", "8",
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+            "--generation_engine", "vllm", "--vllm_max_model_len", "1024"]  # fmt: skip
+    recipe = str(REPO / "recipes/dpo_safety.py")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}  # GiB per engine; a thread per process
+    run_checked([sys.executable, recipe, *args, "--output_dir", "single"], tmp_path, timeout=900, env=env)
+    launched = run_checked(
+        [*torchrun(2), recipe, *args, "--output_dir", "parallel"],
+        tmp_path,
+        timeout=900,
+        env=env | {"ACCELERATE_USE_CPU": "true"},
+    )
+
+    def answers(out: Path) -> dict[str, dict]:
+        """The policy's stored answers by key, over every process's shard."""
+        records = {}
+        for shard in sorted((out / "pair_generations").glob("policy.rank*.jsonl")):
+            header, *lines = shard.read_text().splitlines()
+            assert json.loads(header)["header"]["engine"] == "vllm"
+            records |= {record.pop("key"): record for record in map(json.loads, lines)}
+        return records
+
+    single, parallel = answers(tmp_path / "single"), answers(tmp_path / "parallel")
+    assert parallel == single and len(single) == 8
+    assert len(list((tmp_path / "parallel" / "pair_generations").glob("policy.rank*.jsonl"))) == 2
+    log = launched.stdout + launched.stderr
+    assert log.count("Adapter check: with the adapter") == 2  # every process's engine was probed
+    summaries = [
+        json.loads((tmp_path / out / "training_summary.json").read_text()) for out in ("single", "parallel")
+    ]
+    assert summaries[1]["preference_pairs"] == summaries[0]["preference_pairs"]
+    assert (tmp_path / "parallel" / "adapter_model.safetensors").exists()
