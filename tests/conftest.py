@@ -41,6 +41,9 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(
     not HAS_VLLM, reason="vLLM is not installed: make vllm-env, then run with .venv-vllm"
 )
+# What vLLM processes started by the tests get on the CPU build: 1 GiB of KV cache each (its default takes most of
+# the memory) and a thread each (two engines share the cores in the data-parallel tests).
+VLLM_PROCESS_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)

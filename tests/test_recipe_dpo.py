@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 from trl import DPOConfig, TrlParser
 
-from tests.conftest import REPO, needs_vllm, run_checked, torchrun
+from tests.conftest import REPO, VLLM_PROCESS_ENV, needs_vllm, run_checked, torchrun
 from vlsafe.data.preferences import build_preference_pairs
 from vlsafe.data.vlguard import load_vlguard
 from vlsafe.errors import DataError, VlsafeError
@@ -311,13 +311,12 @@ def test_data_parallel_dpo_pairs_on_vllm_match_one_process(
             "--max_steps", "1", "--per_device_train_batch_size", "2", "--logging_steps", "1",
             "--generation_engine", "vllm", "--vllm_max_model_len", "1024"]  # fmt: skip
     recipe = str(REPO / "recipes/dpo_safety.py")
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}  # GiB per engine; a thread per process
-    run_checked([sys.executable, recipe, *args, "--output_dir", "single"], tmp_path, timeout=900, env=env)
+    run_checked([sys.executable, recipe, *args, "--output_dir", "single"], tmp_path, 900, VLLM_PROCESS_ENV)
     launched = run_checked(
         [*torchrun(2), recipe, *args, "--output_dir", "parallel"],
         tmp_path,
         timeout=900,
-        env=env | {"ACCELERATE_USE_CPU": "true"},
+        env=VLLM_PROCESS_ENV | {"ACCELERATE_USE_CPU": "true"},
     )
 
     def answers(out: Path) -> dict[str, dict]:

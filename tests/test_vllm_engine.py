@@ -24,7 +24,16 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tests.conftest import HAS_VLLM, REPO, default_lora, needs_vllm, run_checked, save_adapter, torchrun
+from tests.conftest import (
+    HAS_VLLM,
+    REPO,
+    VLLM_PROCESS_ENV,
+    default_lora,
+    needs_vllm,
+    run_checked,
+    save_adapter,
+    torchrun,
+)
 from vlsafe.errors import VlsafeError
 from vlsafe.evaluation.config import EvaluationConfig
 from vlsafe.evaluation.engine import TransformersEngine, generate_suite, source_settings
@@ -296,8 +305,6 @@ def test_vllm_answers_equal_the_transformers_engines(
 # -- parallel runs (vLLM needed): the recipe in one process, then data- and tensor-parallel -----------------------
 
 RECIPE = str(REPO / "recipes/evaluate_safety.py")
-# GiB of KV cache per engine (vLLM's CPU default takes most of the memory); a thread per engine process
-PARALLEL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _samples(output_dir: Path) -> list[dict]:
@@ -320,7 +327,9 @@ def vllm_recipe_args(
 def one_process_samples(vllm_recipe_args, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The recipe's samples from one process and one engine on one device: what the parallel runs must give."""
     root = tmp_path_factory.mktemp("vllm-one-process")
-    run_checked([sys.executable, RECIPE, *vllm_recipe_args, "--output_dir", "out"], root, 900, PARALLEL_ENV)
+    run_checked(
+        [sys.executable, RECIPE, *vllm_recipe_args, "--output_dir", "out"], root, 900, VLLM_PROCESS_ENV
+    )
     samples = _samples(root / "out")
     assert len(samples) == 2 * 3 * 3  # base and tuned, 3 subsets of 3
     base, tuned = ([s["generation"] for s in samples if s["model"] == m] for m in ("base", "tuned"))
@@ -336,7 +345,7 @@ def test_data_parallel_vllm_answers_match_one_process(
     """Two processes, an engine each (vLLM's CPU build here, a GPU each on a GPU machine): every process probes
     that its engine applies the adapter, and the gathered answers are the single process's, in order. The failure
     lm-evaluation-harness once had was here: LoRA requests dropped under data parallelism."""
-    env = PARALLEL_ENV | {"ACCELERATE_USE_CPU": "true"}
+    env = VLLM_PROCESS_ENV | {"ACCELERATE_USE_CPU": "true"}
     command = [*torchrun(2), RECIPE, *vllm_recipe_args, "--output_dir", "parallel"]
     launched = run_checked(command, tmp_path, timeout=900, env=env)
 
@@ -364,7 +373,7 @@ def test_tensor_parallel_vllm_answers_match_one_device(
     (VLLM_CPU_OMP_THREADS_BIND; its automatic binding wants a NUMA node per worker)."""
     cores = sorted(os.sched_getaffinity(0))
     halves = (cores[: len(cores) // 2], cores[len(cores) // 2 :])
-    env = PARALLEL_ENV | {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, h)) for h in halves)}
+    env = VLLM_PROCESS_ENV | {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, h)) for h in halves)}
     command = [sys.executable, RECIPE, *vllm_recipe_args, "--tensor_parallel_size", "2", "--output_dir", "tp"]
     launched = run_checked(command, tmp_path, timeout=900, env=env)
     assert "(tensor_parallel_size 2, " in launched.stdout + launched.stderr
